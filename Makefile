@@ -1,0 +1,35 @@
+# The few verbs a newcomer needs. Each installs what it needs into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= examples/contactsync.yaml
+
+.PHONY: up test lint format send clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+up: $(STAMP) ## run receiver + worker + reconciler + sandbox on an embedded default
+	$(BIN)/contactsync --config $(CONFIG) up --sandbox
+
+send: $(STAMP) ## sign and send examples/event.json to the running receiver
+	$(BIN)/contactsync --config $(CONFIG) send --source website examples/event.json
+
+test: $(STAMP) ## the whole test suite (real Redis, RabbitMQ, PostgreSQL when present)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf .contactsync .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,80 @@
+"""Fixtures for the real services: PostgreSQL, Redis and RabbitMQ on this machine.
+
+Each test session gets its own PostgreSQL database, Redis database number and RabbitMQ
+virtual host, so runs do not see each other's data. A service that is down skips its
+tests locally and fails them when ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+
+PG_ADMIN = os.environ.get("CONTACTSYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST = os.environ.get("CONTACTSYNC_TEST_REDIS", "redis://127.0.0.1:6379")
+AMQP_HOST = os.environ.get("CONTACTSYNC_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+
+
+def unavailable(service: str, error: BaseException) -> None:
+    """Skip locally, fail in CI: a real service that is down is a failure there."""
+    message = f"{service} is not reachable: {type(error).__name__}: {error}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, dropped afterwards."""
+    name = f"contactsync_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as error:
+        unavailable("PostgreSQL", error)
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    yield f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database number of its own, emptied before and after."""
+    number = random.randint(1, 15)
+    url = f"{REDIS_HOST}/{number}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.flushdb()
+    except redis.RedisError as error:
+        unavailable("Redis", error)
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of its own, deleted afterwards."""
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    vhost = f"contactsync-test-{uuid.uuid4().hex[:8]}"
+    try:
+        subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        unavailable("RabbitMQ", error)
+    yield f"{AMQP_HOST}/{vhost}"
+    subprocess.run([ctl, "-q", "delete_vhost", vhost], capture_output=True, timeout=60, check=False)

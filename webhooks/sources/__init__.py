@@ -1,0 +1,1 @@
+"""Webhook sources: one module per kind of sender, each turning a verified body into events."""

@@ -1,0 +1,440 @@
+"""The ledger's operations: record accepted events, claim and settle commands, and find
+the commands the reconciler must republish or reclaim.
+
+Every state change is one conditional UPDATE, so two workers, a redelivered message and
+the reconciler can race freely: whoever's condition still holds wins, the rest find
+nothing to do. A claim hands out a lease token; settling a command requires the token,
+so a worker that lost its lease (it stalled, the reconciler reclaimed the command)
+cannot settle it a second time.
+
+A contact's commands carry a sequence number from the ``contacts`` row, taken under that
+row's lock in the transaction that records the event, so sequence order is commit order.
+A command is claimable only when no earlier command of the same contact is still open.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from worker.commands import Command
+from worker.ledger.schema import OPEN_STATES, CommandState, commands, contacts, events
+
+CLAIMABLE = (CommandState.PENDING, CommandState.SCHEDULED)
+
+
+class LedgerUnavailable(Exception):
+    """The ledger database cannot be written or read right now."""
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An accepted event, as the receiver hands it to the ledger."""
+
+    key: str
+    type: str
+    payload: Any
+    commands: Sequence[Command]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the ledger kept for one event (or found, for a duplicate)."""
+
+    event_id: int
+    key: str
+    command_ids: list[int]
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A command a worker holds the lease on."""
+
+    id: int
+    event_id: int
+    channel: str
+    kind: str
+    contact_key: str
+    seq: int
+    contact_id: str | None
+    match_field: str | None
+    match_value: str | None
+    payload: dict[str, Any]
+    attempts: int
+    lease_token: str
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Claimed:
+        """Build from a ``commands`` row."""
+        return cls(
+            id=row["id"],
+            event_id=row["event_id"],
+            channel=row["channel"],
+            kind=row["kind"],
+            contact_key=row["contact_key"],
+            seq=row["seq"],
+            contact_id=row["contact_id"],
+            match_field=row["match_field"],
+            match_value=row["match_value"],
+            payload=dict(row["payload"] or {}),
+            attempts=row["attempts"],
+            lease_token=row["lease_token"],
+        )
+
+
+def _first_line(error: DBAPIError) -> str:
+    return str(error.orig or error).strip().splitlines()[0] if str(error.orig or error) else "error"
+
+
+def _no_earlier_open_command() -> Any:
+    earlier = commands.alias("earlier")
+    return ~exists().where(
+        earlier.c.channel == commands.c.channel,
+        earlier.c.contact_key == commands.c.contact_key,
+        earlier.c.seq < commands.c.seq,
+        earlier.c.state.in_(OPEN_STATES),
+    )
+
+
+class Ledger:
+    """The ledger on one database."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._insert = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def _write(self, work: Callable[[Connection], Any]) -> Any:
+        """Run ``work`` in one transaction; an unreachable database is LedgerUnavailable."""
+        try:
+            with self.engine.begin() as connection:
+                return work(connection)
+        except DBAPIError as error:
+            if isinstance(error, OperationalError | InterfaceError) or error.connection_invalidated:
+                raise LedgerUnavailable(_first_line(error)) from error
+            raise
+
+    # -- recording --------------------------------------------------------------------
+
+    def record(self, source: str, batch: Sequence[NewEvent]) -> list[Recorded]:
+        """Keep events and their commands in one transaction; known keys are duplicates."""
+        return list(self._write(lambda connection: list(self._record(connection, source, batch))))
+
+    def _record(
+        self, connection: Connection, source: str, batch: Sequence[NewEvent]
+    ) -> Iterator[Recorded]:
+        now = self.clock()
+        for new in batch:
+            inserted = connection.execute(
+                self._insert(events)
+                .values(
+                    source=source, key=new.key, type=new.type, received_at=now, payload=new.payload
+                )
+                .on_conflict_do_nothing(index_elements=["source", "key"])
+                .returning(events.c.id)
+            ).first()
+            if inserted is None:
+                event_id = connection.execute(
+                    select(events.c.id).where(events.c.source == source, events.c.key == new.key)
+                ).scalar_one()
+                known = connection.execute(
+                    select(commands.c.id)
+                    .where(commands.c.event_id == event_id)
+                    .order_by(commands.c.id)
+                ).scalars()
+                yield Recorded(event_id, new.key, list(known), duplicate=True)
+                continue
+            event_id = inserted[0]
+            ids = [
+                self._insert_command(connection, event_id, command, now) for command in new.commands
+            ]
+            yield Recorded(event_id, new.key, ids, duplicate=False)
+
+    def _insert_command(
+        self, connection: Connection, event_id: int, command: Command, now: float
+    ) -> int:
+        key = command.contact.key
+        seq = self._next_seq(connection, command.channel, key)
+        return int(
+            connection.execute(
+                commands.insert()
+                .values(
+                    event_id=event_id,
+                    channel=command.channel,
+                    kind=command.kind,
+                    contact_key=key,
+                    seq=seq,
+                    contact_id=command.contact.contact_id,
+                    match_field=command.contact.match_field,
+                    match_value=command.contact.match_value,
+                    payload=command.payload(),
+                    state=CommandState.PENDING,
+                    attempts=0,
+                    published_at=now,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(commands.c.id)
+            ).scalar_one()
+        )
+
+    def _next_seq(self, connection: Connection, channel: str, key: str) -> int:
+        bump = (
+            update(contacts)
+            .where(contacts.c.channel == channel, contacts.c.contact_key == key)
+            .values(next_seq=contacts.c.next_seq + 1)
+            .returning(contacts.c.next_seq)
+        )
+        seq = connection.execute(bump).scalar()
+        if seq is None:
+            connection.execute(
+                self._insert(contacts)
+                .values(channel=channel, contact_key=key, next_seq=0)
+                .on_conflict_do_nothing(index_elements=["channel", "contact_key"])
+            )
+            seq = connection.execute(bump).scalar_one()
+        return int(seq)
+
+    # -- claiming and settling -----------------------------------------------------------
+
+    def claim(self, command_id: int, *, lease_s: float) -> Claimed | None:
+        """Take the lease on a command that is due and next in its contact's order."""
+        now = self.clock()
+        token = uuid.uuid4().hex
+        statement = (
+            update(commands)
+            .where(
+                commands.c.id == command_id,
+                commands.c.state.in_(CLAIMABLE),
+                or_(commands.c.not_before.is_(None), commands.c.not_before <= now),
+                _no_earlier_open_command(),
+            )
+            .values(
+                state=CommandState.RUNNING,
+                lease_until=now + lease_s,
+                lease_token=token,
+                updated_at=now,
+            )
+            .returning(*commands.c)
+        )
+        row = self._write(lambda connection: connection.execute(statement).mappings().first())
+        return None if row is None else Claimed.from_row(row)
+
+    def _settle(self, claimed: Claimed, **values: Any) -> bool:
+        values.setdefault("updated_at", self.clock())
+        statement = (
+            update(commands)
+            .where(
+                commands.c.id == claimed.id,
+                commands.c.state == CommandState.RUNNING,
+                commands.c.lease_token == claimed.lease_token,
+            )
+            .values(**values)
+        )
+        return bool(self._write(lambda connection: connection.execute(statement).rowcount) == 1)
+
+    def complete(self, claimed: Claimed, *, contact_id: str | None) -> bool:
+        """Mark done; False when the lease was lost (someone else holds the command now)."""
+        now = self.clock()
+        done = self._settle(
+            claimed,
+            state=CommandState.DONE,
+            contact_id=contact_id,
+            finished_at=now,
+            lease_until=None,
+            lease_token=None,
+            reason=None,
+        )
+        if done and contact_id is not None:
+            self.remember_contact(claimed.channel, claimed.contact_key, contact_id)
+        return done
+
+    def reschedule(
+        self,
+        claimed: Claimed,
+        *,
+        not_before: float,
+        spend_attempt: bool,
+        reason: str | None = None,
+        status: int | None = None,
+        error: str | None = None,
+        contact_id: str | None = None,
+    ) -> bool:
+        """Put the command back to wait until ``not_before``."""
+        return self._settle(
+            claimed,
+            state=CommandState.SCHEDULED,
+            not_before=not_before,
+            attempts=claimed.attempts + (1 if spend_attempt else 0),
+            lease_until=None,
+            lease_token=None,
+            published_at=None,
+            reason=reason,
+            last_status=status,
+            last_error=error,
+            contact_id=contact_id or claimed.contact_id,
+        )
+
+    def kill(
+        self,
+        claimed: Claimed,
+        *,
+        reason: str,
+        status: int | None = None,
+        error: str | None = None,
+        spend_attempt: bool = True,
+        contact_id: str | None = None,
+    ) -> bool:
+        """Make the command a dead letter with its reason, status and the API's message."""
+        return self._settle(
+            claimed,
+            state=CommandState.DEAD,
+            attempts=claimed.attempts + (1 if spend_attempt else 0),
+            finished_at=self.clock(),
+            lease_until=None,
+            lease_token=None,
+            reason=reason,
+            last_status=status,
+            last_error=error,
+            contact_id=contact_id or claimed.contact_id,
+        )
+
+    def remember_contact(self, channel: str, contact_key: str, contact_id: str) -> None:
+        """Note which contact id a contact key resolved to."""
+        statement = (
+            update(contacts)
+            .where(contacts.c.channel == channel, contacts.c.contact_key == contact_key)
+            .values(contact_id=contact_id, resolved_at=self.clock())
+        )
+        self._write(lambda connection: connection.execute(statement))
+
+    # -- reconciling ----------------------------------------------------------------------
+
+    def next_for_contact(self, channel: str, contact_key: str) -> int | None:
+        """The id of the contact's next open command that is due, if any."""
+        now = self.clock()
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(commands.c.id)
+                .where(
+                    commands.c.channel == channel,
+                    commands.c.contact_key == contact_key,
+                    commands.c.state.in_(CLAIMABLE),
+                    or_(commands.c.not_before.is_(None), commands.c.not_before <= now),
+                )
+                .order_by(commands.c.seq)
+                .limit(1)
+            ).scalar()
+
+    def due(self, *, republish_after_s: float, limit: int = 500) -> list[tuple[int, str]]:
+        """Claimable commands at the head of their contact's order whose message may be
+        lost: never published, or published more than ``republish_after_s`` ago. They are
+        marked published now; the caller publishes them."""
+        now = self.clock()
+
+        def work(connection: Connection) -> list[tuple[int, str]]:
+            rows = connection.execute(
+                select(commands.c.id, commands.c.kind)
+                .where(
+                    commands.c.state.in_(CLAIMABLE),
+                    or_(commands.c.not_before.is_(None), commands.c.not_before <= now),
+                    or_(
+                        commands.c.published_at.is_(None),
+                        commands.c.published_at <= now - republish_after_s,
+                    ),
+                    _no_earlier_open_command(),
+                )
+                .order_by(commands.c.id)
+                .limit(limit)
+            ).all()
+            ids = [row[0] for row in rows]
+            if ids:
+                connection.execute(
+                    update(commands).where(commands.c.id.in_(ids)).values(published_at=now)
+                )
+            return [(row[0], row[1]) for row in rows]
+
+        return list(self._write(work))
+
+    def mark_published(self, command_ids: Sequence[int]) -> None:
+        """Note that messages for these commands were just published."""
+        if command_ids:
+            statement = (
+                update(commands)
+                .where(commands.c.id.in_(list(command_ids)))
+                .values(published_at=self.clock())
+            )
+            self._write(lambda connection: connection.execute(statement))
+
+    def reclaim_expired(self, *, max_attempts: int) -> list[tuple[int, str]]:
+        """Commands whose worker's lease ran out: back to pending (an attempt spent), or dead
+        once the attempts are used up. Returns the ones to publish again."""
+        now = self.clock()
+        expired = and_(commands.c.state == CommandState.RUNNING, commands.c.lease_until < now)
+        lost = "lease expired: the worker died or stalled while running the command"
+
+        def work(connection: Connection) -> list[tuple[int, str]]:
+            connection.execute(
+                update(commands)
+                .where(expired, commands.c.attempts + 1 >= max_attempts)
+                .values(
+                    state=CommandState.DEAD,
+                    attempts=commands.c.attempts + 1,
+                    reason="worker_lost",
+                    last_error=lost,
+                    finished_at=now,
+                    updated_at=now,
+                    lease_token=None,
+                    lease_until=None,
+                )
+            )
+            rows = connection.execute(
+                update(commands)
+                .where(expired)
+                .values(
+                    state=CommandState.PENDING,
+                    attempts=commands.c.attempts + 1,
+                    last_error=lost,
+                    updated_at=now,
+                    published_at=now,
+                    lease_token=None,
+                    lease_until=None,
+                )
+                .returning(commands.c.id, commands.c.kind)
+            ).all()
+            return [(row[0], row[1]) for row in rows]
+
+        return list(self._write(work))
+
+    # -- reading --------------------------------------------------------------------------
+
+    def command(self, command_id: int) -> dict[str, Any] | None:
+        """One command row, as a dict."""
+        with self.engine.connect() as connection:
+            row = (
+                connection.execute(select(commands).where(commands.c.id == command_id))
+                .mappings()
+                .first()
+            )
+            return None if row is None else dict(row)
+
+    def counts(self) -> dict[str, int]:
+        """How many commands are in each state."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(commands.c.state, func.count()).group_by(commands.c.state)
+            ).all()
+        found = {str(state): int(count) for state, count in rows}
+        return {state.value: found.get(state.value, 0) for state in CommandState}

@@ -1,0 +1,57 @@
+"""Logging set-up: readable lines in a terminal, JSON lines in production.
+
+Context such as ``command_id``, ``event_id`` and ``channel`` travels in ``extra=`` and is
+printed by both formats. Nothing here ever formats a secret: callers log ids and reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+CONTEXT_KEYS = ("event_id", "command_id", "channel", "source")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in CONTEXT_KEYS:
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: message key=value…``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = " ".join(
+            f"{key}={getattr(record, key)}" for key in CONTEXT_KEYS if hasattr(record, key)
+        )
+        return f"{line} [{context}]" if context else line
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Send every logger to stderr in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("urllib3", "werkzeug", "alembic", "kombu", "celery.beat"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
