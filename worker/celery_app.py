@@ -33,6 +33,7 @@ def embedded_broker_options(data_dir: Path) -> dict[str, Any]:
     return {
         "data_folder_in": str(folder),
         "data_folder_out": str(folder),
+        "control_folder": str(folder / "control"),
         "store_processed": False,
         "polling_interval": 0.2,
     }
