@@ -30,11 +30,26 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_config(path: Path, sandbox: SandboxServer, **worker: Any) -> Path:
-    """A config pointing the sandbox's ``main`` channel at it, with quick reconciling."""
+def write_config(
+    path: Path,
+    sandbox: SandboxServer,
+    *,
+    channels: tuple[str, ...] = ("main",),
+    rate: tuple[int, float] = (200, 60.0),
+    **worker: Any,
+) -> Path:
+    """A config pointing sandbox channels at it, with quick reconciling."""
+    limit = {"calls": rate[0], "period_s": rate[1]}
     document = {
         "contacts_api": {"base_url": sandbox.api_url, "connect_timeout_s": 1, "read_timeout_s": 2},
-        "channels": {"main": {"token": sandbox.token("main"), "platform": "whatsapp"}},
+        "channels": {
+            name: {
+                "token": sandbox.token(name),
+                "platform": sandbox.state.channel(name).platform,
+                "rate_limit": limit,
+            }
+            for name in channels
+        },
         "sources": {"website": {"kind": "generic", "secret": SECRET, "channel": "main"}},
         "retry": {"base_s": 0.2, "cap_s": 1.0},
         "worker": {"lease_s": 3, "reconcile_every_s": 0.5, "republish_after_s": 2, **worker},
@@ -71,11 +86,16 @@ class Stack:
     """One broker + ledger combination, with worker and beat processes on demand."""
 
     def __init__(
-        self, tmp: Path, sandbox: SandboxServer, broker_url: str | None, database_url: str | None
+        self,
+        tmp: Path,
+        sandbox: SandboxServer,
+        broker_url: str | None,
+        database_url: str | None,
+        **config: Any,
     ) -> None:
         self.tmp = tmp
         self.sandbox = sandbox
-        self.config_path = write_config(tmp / "contactsync.yaml", sandbox)
+        self.config_path = write_config(tmp / "contactsync.yaml", sandbox, **config)
         self.env = {
             **os.environ,
             "CONTACTSYNC_CONFIG": str(self.config_path),
@@ -100,7 +120,7 @@ class Stack:
         engine = connect(self.settings.ledger_url())
         migrate(engine)
         with engine.begin() as connection:
-            for table in ("commands", "contacts", "events"):
+            for table in ("commands", "contacts", "events", "channels"):
                 connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
         engine.dispose()
         self.runtime = Runtime(self.settings, load_config(self.config_path))
@@ -110,9 +130,10 @@ class Stack:
 
     # -- processes ------------------------------------------------------------------------
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        """Start ``contactsync NAME ARGS`` with this stack's settings."""
-        with (self.tmp / f"{name}.log").open("ab") as log:
+    def start(self, name: str, *args: str, label: str | None = None) -> subprocess.Popen[bytes]:
+        """Start ``contactsync NAME ARGS`` with this stack's settings (known as ``label``)."""
+        label = label or name
+        with (self.tmp / f"{label}.log").open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "webhooks.cli", name, *args],
                 env=self.env,
@@ -120,7 +141,7 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
             )
-        self.processes[name] = process
+        self.processes[label] = process
         return process
 
     def start_worker(self, concurrency: int = 2) -> subprocess.Popen[bytes]:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from flask import Flask, Response, jsonify
 
+from webhooks.admin import admin_blueprint
 from webhooks.errors import install_error_handlers
 from webhooks.receiver import Receiver, receiver_blueprint
 from worker.ledger.db import ping
@@ -20,6 +21,8 @@ def create_app(runtime: Runtime) -> Flask:
     app.extensions["contactsync"] = runtime
     install_error_handlers(app)
     app.register_blueprint(receiver_blueprint(receiver))
+    if runtime.config.admin.token is not None:  # no token, no admin API (404)
+        app.register_blueprint(admin_blueprint(runtime))
 
     @app.get("/healthz")
     def healthz() -> Response:

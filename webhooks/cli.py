@@ -357,5 +357,10 @@ def _sandbox_tokens(settings: Settings) -> dict[str, str]:
     }
 
 
+from webhooks.cli_dlq import dlq  # noqa: E402
+
+main.add_command(dlq)
+
+
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.contacts_api import ContactsApiError, ContactsClient, PermanentError
+from worker.contacts_api import ContactsApiError, ContactsClient, PermanentError, limits
 from worker.ledger import Claimed
 
 
@@ -24,6 +24,19 @@ class Progress:
     """What an attempt learnt before it ended, kept when it fails so a retry can skip it."""
 
     contact_id: str | None = None
+
+
+def estimate_calls(claimed: Claimed) -> int:
+    """The calls the command will most likely make, to reserve them in one go (a lookup
+    that spans pages reserves the rest as it goes; what is not used is given back)."""
+    fields = claimed.payload.get("fields") or {}
+    tags = claimed.payload.get("tags") or []
+    calls = 1 if claimed.contact_id is None else 0
+    if claimed.kind == "upsert":
+        writing = len(fields) + (1 if claimed.contact_id is None else 0)
+        calls += limits.calls_for_fields(writing) if fields or claimed.contact_id is None else 0
+    calls += limits.calls_for_tags(len(set(tags)))
+    return max(calls, 1)
 
 
 def resolve(claimed: Claimed, client: ContactsClient) -> str | None:

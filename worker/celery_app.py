@@ -57,7 +57,8 @@ def create_celery(settings: Settings, *, reconcile_every_s: float = 5.0) -> Cele
         "beat_schedule": {
             "reconcile": {"task": RECONCILE_TASK, "schedule": reconcile_every_s},
         },
-        "beat_schedule_filename": str((settings.data_dir / "celerybeat-schedule").resolve()),
+        # The only schedule is the reconciler's interval: nothing worth a file on disk.
+        "beat_scheduler": "celery.beat:Scheduler",
         "timezone": "UTC",
     }
     if settings.broker().startswith("filesystem://"):

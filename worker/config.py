@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -42,11 +43,9 @@ class RateLimit(_Strict):
 
     calls: PositiveInt = 200
     period_s: PositiveFloat = 60.0
-
-    @property
-    def interval_s(self) -> float:
-        """The spacing between calls that holds the limit over any window."""
-        return self.period_s / self.calls
+    margin_s: NonNegativeFloat = 0.25
+    """Kept between windows, for the jitter between a reserved start and the API seeing
+    the call (see docs/rate-limiting.md)."""
 
 
 class ContactsApiConfig(_Strict):
@@ -122,6 +121,13 @@ class WorkerConfig(_Strict):
     reconcile_every_s: PositiveFloat = 5.0
     republish_after_s: PositiveFloat = 60.0
     """A due command whose message has not been taken for this long is published again."""
+    inline_wait_max_s: PositiveFloat = 2.0
+    """A worker sleeps for a rate-limit start this near; a later one frees the worker."""
+    countdown_max_s: PositiveFloat = 60.0
+    """A command waiting up to this long for its start is sent back with a countdown;
+    a longer wait lives in the ledger until the reconciler publishes it."""
+    lead_s: NonNegativeFloat = 0.5
+    """How early a deferred command is delivered before its start."""
 
 
 class AppConfig(_Strict):

@@ -17,6 +17,7 @@ from celery import Celery
 from worker.config import AppConfig, Settings
 from worker.contacts_api import ContactsClient
 from worker.ledger import Ledger, connect, migrate
+from worker.ratelimit import SqlLimiter
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ class Runtime:
         engine = connect(self.settings.ledger_url())
         migrate(engine)
         return Ledger(engine)
+
+    @cached_property
+    def limiter(self) -> SqlLimiter:
+        """The channels' shared rate limiter, on the ledger's database."""
+        return SqlLimiter(self.ledger.engine)
 
     @property
     def celery(self) -> Celery:

@@ -23,7 +23,9 @@ from worker.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def publish(celery: Celery, commands: Iterable[tuple[int, str]]) -> int:
+def publish(
+    celery: Celery, commands: Iterable[tuple[int, str]], *, countdown: float | None = None
+) -> int:
     """Send one task message per ``(command_id, kind)``; returns how many were sent.
 
     Stops at the first failure: the broker is down, and the reconciler will publish the
@@ -32,7 +34,9 @@ def publish(celery: Celery, commands: Iterable[tuple[int, str]]) -> int:
     sent = 0
     for command_id, kind in commands:
         try:
-            celery.send_task(TASK_FOR_KIND[kind], args=[command_id], retry=False)
+            celery.send_task(
+                TASK_FOR_KIND[kind], args=[command_id], retry=False, countdown=countdown
+            )
         except Exception as error:  # any broker failure: the ledger has the command
             log.warning(
                 "publish failed, the reconciler will retry: %s",

@@ -1,10 +1,12 @@
 """The Celery tasks: ``upsert_contact``, ``tag_contact``, ``untag_contact`` and ``reconcile``.
 
 Thin shells. A command task takes a command id, claims the command in the ledger (a
-second delivery of the same message finds nothing to claim and returns), applies it with
-the channel's client, and settles it as the retry policy says. ``reconcile`` runs on beat:
-it reclaims commands whose worker died and republishes due commands whose message was
-lost or that waited in the ledger (a backoff, a rate-limit pause).
+second delivery of the same message finds nothing to claim and returns), reserves the
+channel's rate-limit starts for its calls, applies it with the channel's client, and
+settles it as the retry policy says. A command whose start is far away goes back to the
+ledger holding its starts (no attempt spent) and frees the worker. ``reconcile`` runs on
+beat: it reclaims commands whose worker died and republishes due commands whose message
+was lost or that waited in the ledger.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import time
 
 from celery import shared_task
 
-from worker.apply import Progress, apply
+from worker.apply import Progress, apply, estimate_calls
 from worker.celery_app import RECONCILE_TASK, TASK_FOR_KIND
-from worker.contacts_api import ContactsApiError, TransientError
+from worker.contacts_api import ContactsApiError, RateLimited, TransientError, Unauthorized
 from worker.ledger import Claimed
+from worker.ratelimit import Deferred, Limit, Pacer
 from worker.retry import decide
 from worker.runtime import Runtime, get_runtime
 from worker.submit import publish
@@ -25,8 +28,26 @@ from worker.submit import publish
 log = logging.getLogger(__name__)
 
 
+class InternalError(TransientError):
+    """Something of ours failed while applying a command (a bug, a ledger blip)."""
+
+    reason = "internal_error"
+
+
+class RateLimitedTooLong(TransientError):
+    """Refused with 429 for longer than the configured horizon."""
+
+    reason = "rate_limited_too_long"
+
+
+def channel_limit(runtime: Runtime, channel: str) -> Limit:
+    """The channel's limit as the limiter takes it."""
+    spec = runtime.config.channels[channel].rate_limit
+    return Limit(spec.calls, spec.period_s, spec.margin_s)
+
+
 def run_command(command_id: int, runtime: Runtime | None = None) -> str:
-    """Claim, apply and settle one command; returns what became of it."""
+    """Claim, pace, apply and settle one command; returns what became of it."""
     runtime = runtime or get_runtime()
     ledger = runtime.ledger
     claimed = ledger.claim(command_id, lease_s=runtime.config.worker.lease_s)
@@ -37,52 +58,119 @@ def run_command(command_id: int, runtime: Runtime | None = None) -> str:
     if claimed.channel not in runtime.config.channels:
         ledger.kill(claimed, reason="unknown_channel", error=f"no channel {claimed.channel!r}")
         return "dead"
+    limit = channel_limit(runtime, claimed.channel)
+    if claimed.slots and claimed.slots_epoch is not None:
+        # Held from an earlier claim; further calls, if any, reserve as they go.
+        starts, epoch = claimed.slots, claimed.slots_epoch
+    else:
+        reservation = runtime.limiter.reserve(claimed.channel, estimate_calls(claimed), limit)
+        starts, epoch = reservation.starts, reservation.epoch
+    pacer = Pacer(
+        runtime.limiter,
+        claimed.channel,
+        limit,
+        starts,
+        epoch,
+        inline_max_s=runtime.config.worker.inline_wait_max_s,
+        tolerance_s=limit.margin_s / 2,
+    )
+    client = runtime.client(claimed.channel)
+    client.before_call = pacer
     progress = Progress()
     try:
-        contact_id = apply(claimed, runtime.client(claimed.channel), progress)
+        contact_id = apply(claimed, client, progress)
+    except Deferred as deferred:
+        outcome = _defer(runtime, claimed, deferred, pacer, progress)
+        log.debug("command %s deferred: %s", claimed.id, deferred, extra=context)
+        return outcome
     except ContactsApiError as error:
+        pacer.release()
         outcome = _settle_failure(runtime, claimed, error, progress)
         log.info("command %s %s: %s", claimed.id, outcome, error.reason, extra=context)
     except Exception as error:
+        pacer.release()
         # A bug or a passing fault of ours (the ledger, say): try again later, counted.
-        outcome = _settle_failure(
-            runtime, claimed, InternalError(f"{type(error).__name__}: {error}"[:500]), progress
-        )
+        failure = InternalError(f"{type(error).__name__}: {error}"[:500])
+        outcome = _settle_failure(runtime, claimed, failure, progress)
         log.exception("command %s failed unexpectedly", claimed.id, extra=context)
     else:
+        pacer.release()
         outcome = "done" if ledger.complete(claimed, contact_id=contact_id) else "lease_lost"
-        log.info("command %s %s", claimed.id, outcome, extra=context)
+        runtime.limiter.clear_bad_token(claimed.channel)
+        log.info("command %s %s (%d calls)", claimed.id, outcome, pacer.calls, extra=context)
+    finally:
+        client.before_call = None
     if outcome in ("done", "dead"):
         _publish_next(runtime, claimed)
     return outcome
 
 
-class InternalError(TransientError):
-    """Something of ours failed while applying a command (a bug, a ledger blip)."""
-
-    reason = "internal_error"
+def _defer(
+    runtime: Runtime, claimed: Claimed, deferred: Deferred, pacer: Pacer, progress: Progress
+) -> str:
+    """Back to the ledger until shortly before its start, holding its starts."""
+    settings = runtime.config.worker
+    wait = deferred.start - deferred.now
+    local_now = time.time()  # the ledger's clock; the start is on the limiter's
+    if wait <= settings.countdown_max_s:
+        countdown = max(0.0, wait - settings.lead_s)
+        deliver_at = local_now + countdown
+        runtime.ledger.reschedule(
+            claimed,
+            not_before=deliver_at,
+            spend_attempt=False,
+            contact_id=progress.contact_id,
+            slots=pacer.unused(),
+            slots_epoch=pacer.epoch,
+            published_at=deliver_at,
+            rate_limited_since=claimed.rate_limited_since,
+        )
+        publish(runtime.celery, [(claimed.id, claimed.kind)], countdown=countdown)
+    else:
+        runtime.ledger.reschedule(
+            claimed,
+            not_before=local_now + wait - settings.countdown_max_s / 2,
+            spend_attempt=False,
+            contact_id=progress.contact_id,
+            slots=pacer.unused(),
+            slots_epoch=pacer.epoch,
+            rate_limited_since=claimed.rate_limited_since,
+        )
+    return "deferred"
 
 
 def _settle_failure(
     runtime: Runtime, claimed: Claimed, error: ContactsApiError, progress: Progress
 ) -> str:
     channel = runtime.config.channels[claimed.channel]
+    ledger = runtime.ledger
+    now = ledger.clock()
+    rate_limited_since = None
+    if isinstance(error, RateLimited):
+        rate_limited_since = claimed.rate_limited_since or now
+        if now - rate_limited_since > runtime.config.retry.rate_limited_horizon_s:
+            error = RateLimitedTooLong(f"refused with 429 since {rate_limited_since:.0f}: {error}")
+    if isinstance(error, Unauthorized):
+        runtime.limiter.flag_bad_token(claimed.channel, error.message)
     decision = decide(
         error,
         attempts=claimed.attempts,
         policy=runtime.config.retry,
         period_s=channel.rate_limit.period_s,
     )
-    ledger = runtime.ledger
+    if isinstance(error, RateLimited):
+        # The whole channel stops, not just this command: every worker on the token waits.
+        runtime.limiter.pause(claimed.channel, decision.delay_s)
     if decision.retry:
         ledger.reschedule(
             claimed,
-            not_before=ledger.clock() + decision.delay_s,
+            not_before=now + decision.delay_s,
             spend_attempt=decision.spend_attempt,
             reason=decision.reason,
             status=error.status,
             error=error.message,
             contact_id=progress.contact_id,
+            rate_limited_since=rate_limited_since,
         )
         return "scheduled"
     ledger.kill(
@@ -91,6 +179,7 @@ def _settle_failure(
         status=error.status,
         error=error.message,
         contact_id=progress.contact_id,
+        spend_attempt=decision.spend_attempt,
     )
     return "dead"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stack import Stack
@@ -26,7 +27,11 @@ def stack(
 
 
 def build_stack(
-    request: pytest.FixtureRequest, kind: str, tmp_path: Path, sandbox: SandboxServer
+    request: pytest.FixtureRequest,
+    kind: str,
+    tmp_path: Path,
+    sandbox: SandboxServer,
+    **config: Any,
 ) -> Stack:
     """A stack of ``kind`` with no processes started."""
     broker, database = None, None
@@ -36,7 +41,7 @@ def build_stack(
         broker = request.getfixturevalue("rabbitmq_url")
     if kind.endswith("postgresql"):
         database = request.getfixturevalue("postgres_url")
-    return Stack(tmp_path, sandbox, broker, database)
+    return Stack(tmp_path, sandbox, broker, database, **config)
 
 
 @pytest.fixture

@@ -88,7 +88,21 @@ commands = Table(
     Column("reason", String(100), nullable=True),
     Column("last_status", Integer, nullable=True),
     Column("last_error", Text, nullable=True),
+    Column("slots", JSON, nullable=True),
+    Column("rate_limited_since", Float, nullable=True),
     Index("ix_commands_state_not_before", "state", "not_before"),
     Index("ix_commands_contact_seq", "channel", "contact_key", "seq"),
     Index("ix_commands_event", "event_id"),
+)
+
+channels = Table(
+    "channels",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("schedule", JSON, nullable=False),
+    Column("paused_until", Float, nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("bad_token_at", Float, nullable=True),
+    Column("bad_token_detail", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
 )

@@ -71,6 +71,11 @@ class Claimed:
     payload: dict[str, Any]
     attempts: int
     lease_token: str
+    slots: list[float]
+    """Rate-limit starts the command holds from an earlier claim (the limiter's clock)."""
+    slots_epoch: int | None
+    """The channel's limiter epoch those starts belong to."""
+    rate_limited_since: float | None
 
     @classmethod
     def from_row(cls, row: RowMapping) -> Claimed:
@@ -88,6 +93,9 @@ class Claimed:
             payload=dict(row["payload"] or {}),
             attempts=row["attempts"],
             lease_token=row["lease_token"],
+            slots=[float(t) for t in (row["slots"] or {}).get("starts", [])],
+            slots_epoch=(row["slots"] or {}).get("epoch"),
+            rate_limited_since=row["rate_limited_since"],
         )
 
 
@@ -256,6 +264,8 @@ class Ledger:
             lease_until=None,
             lease_token=None,
             reason=None,
+            slots=None,
+            rate_limited_since=None,
         )
         if done and contact_id is not None:
             self.remember_contact(claimed.channel, claimed.contact_key, contact_id)
@@ -271,8 +281,16 @@ class Ledger:
         status: int | None = None,
         error: str | None = None,
         contact_id: str | None = None,
+        slots: list[float] | None = None,
+        slots_epoch: int | None = None,
+        published_at: float | None = None,
+        rate_limited_since: float | None = None,
     ) -> bool:
-        """Put the command back to wait until ``not_before``."""
+        """Put the command back to wait until ``not_before``.
+
+        ``slots`` are rate-limit starts it keeps for its next claim; ``published_at`` is
+        when a message already sent (with a countdown) will be delivered, so that the
+        reconciler does not send another before then."""
         return self._settle(
             claimed,
             state=CommandState.SCHEDULED,
@@ -280,11 +298,13 @@ class Ledger:
             attempts=claimed.attempts + (1 if spend_attempt else 0),
             lease_until=None,
             lease_token=None,
-            published_at=None,
+            published_at=published_at,
             reason=reason,
             last_status=status,
             last_error=error,
             contact_id=contact_id or claimed.contact_id,
+            slots={"epoch": slots_epoch, "starts": slots} if slots else None,
+            rate_limited_since=rate_limited_since,
         )
 
     def kill(
@@ -309,6 +329,7 @@ class Ledger:
             last_status=status,
             last_error=error,
             contact_id=contact_id or claimed.contact_id,
+            slots=None,
         )
 
     def remember_contact(self, channel: str, contact_key: str, contact_id: str) -> None:
