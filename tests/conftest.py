@@ -22,7 +22,7 @@ SANDBOX_CHANNELS = (
 )
 """Channels added to the demo ones (``main`` on WhatsApp, ``viber`` on Viber)."""
 
-pytest_plugins = ["services"]
+pytest_plugins = ["services", "source_kit"]
 
 FAST_TIMEOUT = (1.0, 2.0)
 

@@ -79,11 +79,11 @@ def check_config() -> None:
 
     runtime = _runtime()
     config, settings = runtime.config, runtime.settings
-    for source in config.sources:
-        from webhooks.receiver import _source
+    from webhooks.receiver import build_source
 
+    for name, spec in config.sources.items():
         try:
-            _source(source, config.sources[source])
+            build_source(name, spec)
         except ValueError as error:
             _fail(str(error))
     click.echo(f"config OK: {settings.config}")

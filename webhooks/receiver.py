@@ -1,16 +1,17 @@
 """``POST /webhooks/<source>``: verify, parse, record, answer.
 
 The order of checks is the order of the refusals a sender can fix: unknown source (404),
-too big (413), wrong content type (415), bad or stale signature (401), not JSON (400),
-not a valid event (422). Only then are the events and their commands written to the
-ledger in one transaction; the answer is 202 once that commit is done (200 with
-``"duplicate": true`` for keys already recorded), or 503 with ``Retry-After`` when the
-ledger cannot be written, so the sender retries and nothing is lost.
+too big (413), wrong content type (415), bad or stale signature (401), not the vendor's
+format (400), a record that cannot become a command (422). Only then are the events and
+their commands written to the ledger in one transaction; the answer is 202 once that
+commit is done (200 with ``"duplicate": true`` for keys already recorded), or 503 with
+``Retry-After`` when the ledger cannot be written, so the sender retries and nothing is lost.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,11 @@ from celery import Celery
 from flask import Blueprint, Response, jsonify, request
 
 from webhooks.errors import Refusal
+from webhooks.mapping import SourceMapping, to_commands
 from webhooks.signing import SignatureError, WebhookSecret, verify
-from webhooks.sources.generic import EventError, MalformedBody, parse_events
+from webhooks.sources import module_for
+from webhooks.sources.base import InboundRequest, SourceModule, SourceRefusal
+from webhooks.sources.generic import parse_events
 from worker.config import AppConfig, SourceConfig
 from worker.ledger import Ledger, LedgerUnavailable
 from worker.ledger.store import NewEvent, Recorded
@@ -34,11 +38,44 @@ RETRY_AFTER_S = 5
 
 @dataclass(frozen=True)
 class Source:
-    """A configured source, ready to verify requests."""
+    """A configured source, ready to take deliveries."""
 
     name: str
     config: SourceConfig
-    secrets: tuple[WebhookSecret, ...]
+    secrets: tuple[str, ...]
+    module: SourceModule | None = None
+    """The vendor module; ``None`` for the generic source."""
+    options: Any = None
+    mapping: SourceMapping | None = None
+    webhook_secrets: tuple[WebhookSecret, ...] = ()
+
+
+def build_source(name: str, spec: SourceConfig) -> Source:
+    """Validate a source's config against its kind; ``ValueError`` names the key."""
+    where = f"sources.{name}"
+    secrets = (spec.secret.get_secret_value(),) if spec.secret is not None else ()
+    if spec.kind == "generic":
+        if not secrets:
+            raise ValueError(f"{where}.secret: not set")
+        if spec.options:
+            raise ValueError(f"{where}: unknown keys for kind generic: {', '.join(spec.options)}")
+        try:
+            parsed = tuple(WebhookSecret.parse(secret) for secret in secrets)
+        except ValueError as error:
+            raise ValueError(f"{where}.secret: {error}") from None
+        return Source(name, spec, secrets, webhook_secrets=parsed)
+    try:
+        module = module_for(spec.kind)
+    except ValueError as error:
+        raise ValueError(f"{where}.kind: {error}") from None
+    try:
+        options = module.Options.model_validate(spec.options)
+    except Exception as error:
+        raise ValueError(f"{where}: {str(error).splitlines()[0]} ({error})") from None
+    mapping = SourceMapping.build(
+        spec, default_fields=module.DEFAULT_FIELDS, default_match=module.DEFAULT_MATCH, where=where
+    )
+    return Source(name, spec, secrets, module, options, mapping)
 
 
 class Receiver:
@@ -52,7 +89,7 @@ class Receiver:
             name: frozenset(channel.custom_fields) if channel.custom_fields else None
             for name, channel in config.channels.items()
         }
-        self.sources = {name: _source(name, spec) for name, spec in config.sources.items()}
+        self.sources = {name: build_source(name, spec) for name, spec in config.sources.items()}
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> Receiver:
@@ -63,36 +100,79 @@ class Receiver:
         """The largest body any source accepts."""
         return max((s.config.max_body_bytes for s in self.sources.values()), default=1 << 20)
 
-    def handle(self, source_name: str) -> tuple[Response, int]:
-        """Answer one delivery to ``source_name``."""
-        source = self.sources.get(source_name)
+    def source(self, name: str) -> Source:
+        """The source named in the URL, or 404."""
+        source = self.sources.get(name)
         if source is None:
-            raise Refusal(404, "unknown_source", f"no source named {source_name!r}")
+            raise Refusal(404, "unknown_source", f"no source named {name!r}")
+        return source
+
+    def handle(self, source_name: str) -> tuple[Response, int] | Response:
+        """Answer one delivery to ``source_name``."""
+        source = self.source(source_name)
         cap = source.config.max_body_bytes
         if request.content_length is not None and request.content_length > cap:
             raise Refusal(413, "too_large", f"the body is over {cap} bytes")
-        if request.mimetype != "application/json":
-            raise Refusal(415, "unsupported_media_type", "Content-Type must be application/json")
+        accepted = source.module.CONTENT_TYPES if source.module else {"application/json"}
+        if request.mimetype not in accepted:
+            raise Refusal(
+                415,
+                "unsupported_media_type",
+                f"Content-Type must be {' or '.join(sorted(accepted))}",
+            )
         body = request.get_data(cache=True)
         if len(body) > cap:
             raise Refusal(413, "too_large", f"the body is over {cap} bytes")
         try:
-            verify(source.secrets, request.headers, body)
+            batch = (
+                self._generic(source, body) if source.module is None else self._vendor(source, body)
+            )
+        except SourceRefusal as error:
+            raise Refusal(error.status, error.error, error.detail, field=error.field) from None
+        recorded = self._record(source, batch)
+        answer = getattr(source.module, "answer", None)
+        if answer is not None:
+            custom = answer(recorded, source.options)
+            if custom is not None:
+                text, status, headers = custom
+                return Response(text, status=status, headers=headers)
+        return _answer(recorded, batched=source.module is not None or body.lstrip()[:1] == b"[")
+
+    def _generic(self, source: Source, body: bytes) -> list[NewEvent]:
+        try:
+            verify(source.webhook_secrets, request.headers, body)
         except SignatureError as error:
             raise Refusal(401, error.code, error.detail) from None
-        try:
-            inbound = parse_events(
-                body,
-                webhook_id=request.headers.get("webhook-id", ""),
-                source=source.name,
-                default_channel=source.config.channel,
-                channels=self.channels,
+        inbound = parse_events(
+            body,
+            webhook_id=request.headers.get("webhook-id", ""),
+            source=source.name,
+            default_channel=source.config.channel,
+            channels=self.channels,
+        )
+        return [NewEvent(e.key, e.type, e.raw, e.commands) for e in inbound]
+
+    def _vendor(self, source: Source, body: bytes) -> list[NewEvent]:
+        assert source.module is not None and source.mapping is not None
+        inbound = inbound_request(body)
+        source.module.verify(inbound, source.secrets, source.options, time.time)
+        records = source.module.records(inbound, source.options)
+        return [
+            NewEvent(
+                record.key,
+                record.type,
+                dict(record.values),
+                to_commands(
+                    record,
+                    source.mapping,
+                    self.channels,
+                    where=f"[{index}]." if len(records) > 1 else "",
+                ),
             )
-        except MalformedBody as error:
-            raise Refusal(400, "malformed_body", error.detail) from None
-        except EventError as error:
-            raise Refusal(422, "invalid_event", error.detail, field=error.field) from None
-        batch = [NewEvent(e.key, e.type, e.raw, e.commands) for e in inbound]
+            for index, record in enumerate(records)
+        ]
+
+    def _record(self, source: Source, batch: list[NewEvent]) -> list[Recorded]:
         try:
             recorded = record_and_publish(self.ledger, self.celery, source.name, batch)
         except LedgerUnavailable as error:
@@ -105,23 +185,29 @@ class Receiver:
             ) from None
         for item in recorded:
             log.info(
-                "event %s from %s: %s, commands %s",
+                "event %s %s, commands %s",
                 item.key,
-                source.name,
                 "duplicate" if item.duplicate else "accepted",
                 item.command_ids,
+                extra={"source": source.name},
             )
-        return _answer(recorded, batched=body.lstrip().startswith(b"["))
+        return recorded
 
 
-def _source(name: str, spec: SourceConfig) -> Source:
-    if spec.secret is None:
-        raise ValueError(f"sources.{name}.secret: not set")
-    try:
-        secret = WebhookSecret.parse(spec.secret.get_secret_value())
-    except ValueError as error:
-        raise ValueError(f"sources.{name}.secret: {error}") from None
-    return Source(name, spec, (secret,))
+def inbound_request(body: bytes) -> InboundRequest:
+    """The current Flask request as a source sees it."""
+    form: dict[str, str] = {}
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = {key: value for key, value in request.form.items(multi=False)}
+    return InboundRequest(
+        method=request.method,
+        url=request.url,
+        headers={key.lower(): value for key, value in request.headers.items()},
+        body=body,
+        mimetype=request.mimetype,
+        query=dict(request.args.items(multi=False)),
+        form=form,
+    )
 
 
 def _describe(item: Recorded) -> dict[str, Any]:
@@ -140,7 +226,15 @@ def receiver_blueprint(receiver: Receiver) -> Blueprint:
     blueprint = Blueprint("receiver", __name__)
 
     @blueprint.post("/webhooks/<source>")
-    def receive(source: str) -> tuple[Response, int]:
+    def receive(source: str) -> tuple[Response, int] | Response:
         return receiver.handle(source)
+
+    @blueprint.get("/webhooks/<source>")
+    def probe(source: str) -> tuple[Response, int]:
+        # Some vendors (Mailchimp) check a webhook URL with a GET before using it.
+        found = receiver.source(source)
+        if not getattr(found.module, "ANSWERS_GET", False):
+            raise Refusal(405, "method_not_allowed", "this source takes POST only")
+        return jsonify({"status": "ok", "source": source}), 200
 
     return blueprint

@@ -82,14 +82,42 @@ class ChannelConfig(_Strict):
     """The channel's custom field keys, when known: other names are refused before a call."""
 
 
-class SourceConfig(_Strict):
-    """One webhook source: what kind of sender it is, its secret and default channel."""
+class RouteRule(_Strict):
+    """Send a record to ``channel`` when every ``when`` key has the given value."""
 
-    kind: Literal["generic"] = "generic"
+    when: dict[str, str]
+    channel: str
+
+
+class SourceConfig(BaseModel):
+    """One webhook source: the kind of sender, its secret, default channel and mapping.
+
+    Keys beyond these are the kind's own options (``signature_versions`` for HubSpot,
+    ``organization_id`` for Salesforce…), validated by the kind at start-up.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str = "generic"
     secret: SecretStr | None = None
     secret_env: str | None = None
     channel: str | None = None
     max_body_bytes: PositiveInt = 1024 * 1024
+    match: str | None = None
+    """The contact field that names the contact (default: the kind's)."""
+    fields: dict[str, str | None] = Field(default_factory=dict)
+    """Record key -> contact field, over the kind's defaults; ``null`` drops a default."""
+    tags: list[str] = Field(default_factory=list)
+    """Tags added with every record."""
+    tags_from: list[str] = Field(default_factory=list)
+    """Record keys whose values become tags (comma-separated values give several)."""
+    routes: list[RouteRule] = Field(default_factory=list)
+    """Rules that send a record to another channel; the first that matches wins."""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The kind's own keys."""
+        return dict(self.model_extra or {})
 
 
 class AdminConfig(_Strict):
@@ -142,12 +170,19 @@ class AppConfig(_Strict):
 
     @model_validator(mode="after")
     def _sources_name_known_channels(self) -> AppConfig:
+        known = ", ".join(sorted(self.channels)) or "none"
         for name, source in self.sources.items():
             if source.channel is not None and source.channel not in self.channels:
                 raise ValueError(
                     f"sources.{name}.channel: no channel named {source.channel!r} "
-                    f"(channels: {', '.join(sorted(self.channels)) or 'none'})"
+                    f"(channels: {known})"
                 )
+            for index, route in enumerate(source.routes):
+                if route.channel not in self.channels:
+                    raise ValueError(
+                        f"sources.{name}.routes.{index}.channel: no channel named "
+                        f"{route.channel!r} (channels: {known})"
+                    )
         return self
 
     def channel_url(self, name: str) -> str:

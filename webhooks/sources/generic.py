@@ -17,13 +17,12 @@ Errors::
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from webhooks.sources.base import InvalidRecord, MalformedBody, load_json
 from worker.commands import (
     MAX_VALUE_CHARS,
     Command,
@@ -32,6 +31,8 @@ from worker.commands import (
     make_command,
 )
 from worker.contacts_api import limits
+
+__all__ = ["EventError", "InboundEvent", "MalformedBody", "load_json", "parse_events"]
 
 MAX_BATCH = 100
 MAX_ID_CHARS = 200
@@ -52,25 +53,12 @@ EVENT_KEYS = frozenset(
 _SHOWN_CHARS = 64  # how much of a sender's name or value an error message repeats
 
 
-class PayloadError(Exception):
-    """A body that cannot become events."""
-
-
-class MalformedBody(PayloadError):
-    """The body is not UTF-8 JSON that we read."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class EventError(PayloadError):
+class EventError(InvalidRecord):
     """The JSON breaks the event format; ``field`` is a JSON-path-like name of the part."""
 
     def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
+        super().__init__(detail, field=field)
         self.field = field
-        self.detail = detail
 
 
 _Fail = Callable[[str, str], EventError]
@@ -89,52 +77,6 @@ class InboundEvent:
 
 def _shown(text: str) -> str:
     return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e400 parses to inf
-        raise ValueError(f"number {_shown(text)} is out of range")
-    return value
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise ValueError(f"key {_shown(name)!r} appears twice in one object")
-            seen.add(name)
-    return obj
-
-
-def load_json(body: bytes) -> Any:
-    """Parse a body strictly: UTF-8, no NaN/Infinity, no repeated keys, bounded nesting."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedBody("body is not UTF-8") from None
-    try:
-        data = json.loads(
-            text,
-            parse_float=_finite_float,
-            parse_constant=_no_constants,
-            object_pairs_hook=_unique_keys,
-        )
-        # An escaped lone surrogate ("\ud800") parses but can never be sent on as UTF-8.
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except RecursionError:
-        raise MalformedBody("body is nested too deeply") from None
-    except UnicodeEncodeError:
-        raise MalformedBody("body holds an unpaired surrogate escape") from None
-    except ValueError as error:  # JSONDecodeError, and the hooks' refusals
-        raise MalformedBody(f"body is not valid JSON: {error}") from None
-    return data
 
 
 def parse_events(
