@@ -1,16 +1,21 @@
-"""Applying one claimed command to the Contacts API: resolve the contact, then write.
+"""Applying a contact's claimed commands to the Contacts API in one pass.
 
-Resolution: the command's contact id if it has one (given by the event, or found by an
-earlier attempt), else a lookup on its match field. An upsert of a contact that does not
-exist creates it with the match field set; a tag or untag of one is "no such contact".
+Resolution: the command's contact id if it has one (given by the event, or learnt by an
+earlier attempt), else the id this contact last resolved to (the ledger's cache), else a
+lookup on the match field. A cached id the API no longer knows is forgotten and resolved
+again, once. An upsert of a contact that does not exist creates it with the match field
+set; a tag or untag of one is "no such contact".
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from worker.contacts_api import ContactsApiError, ContactsClient, PermanentError, limits
-from worker.ledger import Claimed
+from worker import merge
+from worker.contacts_api import ContactsClient, NotFound, PermanentError
+from worker.contacts_api.errors import ContactsApiError
+from worker.ledger import Claimed, Ledger
 
 
 class NoSuchContact(PermanentError):
@@ -26,59 +31,92 @@ class Progress:
     contact_id: str | None = None
 
 
-def estimate_calls(claimed: Claimed) -> int:
-    """The calls the command will most likely make, to reserve them in one go (a lookup
-    that spans pages reserves the rest as it goes; what is not used is given back)."""
-    fields = claimed.payload.get("fields") or {}
-    tags = claimed.payload.get("tags") or []
-    calls = 1 if claimed.contact_id is None else 0
-    if claimed.kind == "upsert":
-        writing = len(fields) + (1 if claimed.contact_id is None else 0)
-        calls += limits.calls_for_fields(writing) if fields or claimed.contact_id is None else 0
-    calls += limits.calls_for_tags(len(set(tags)))
-    return max(calls, 1)
+@dataclass(frozen=True)
+class Work:
+    """A claimed group (head first), its net effect, and how its contact is known."""
+
+    group: Sequence[Claimed]
+    plan: merge.Plan
+    contact_id: str | None
+    """Known without a lookup (explicit, learnt, or cached)."""
+    cached: bool
+    """``contact_id`` came from the cache (and may be stale)."""
+
+    @property
+    def head(self) -> Claimed:
+        """The first command of the group."""
+        return self.group[0]
+
+    def estimate_calls(self) -> int:
+        """The calls this will most likely take, to reserve them in one go."""
+        lookup = self.contact_id is None
+        return max(1, merge.calls_needed(self.plan, lookup=lookup, creating=lookup, match=1))
 
 
-def resolve(claimed: Claimed, client: ContactsClient) -> str | None:
-    """The contact's id, or ``None`` when no contact matches."""
-    if claimed.contact_id is not None:
-        return claimed.contact_id
-    assert claimed.match_field is not None and claimed.match_value is not None
-    matches = client.find_by_custom_field(claimed.match_field, claimed.match_value)
+def prepare(group: Sequence[Claimed], ledger: Ledger) -> Work:
+    """Plan the group and find its contact id without calling the API."""
+    head = group[0]
+    done_later = ledger.later_done(head)
+    plan = merge.plan_group([(c.seq, c.kind, c.payload) for c in group], done_later)
+    if head.contact_id is not None:
+        return Work(group, plan, head.contact_id, cached=False)
+    cached = ledger.cached_contact_id(head.channel, head.contact_key)
+    return Work(group, plan, cached, cached=cached is not None)
+
+
+def _lookup(work: Work, client: ContactsClient) -> tuple[str | None, list[str] | None]:
+    head = work.head
+    assert head.match_field is not None
+    assert head.match_value is not None
+    matches = client.find_by_custom_field(head.match_field, head.match_value)
     if not matches:
-        return None
+        return None, None
     # Several matches: the oldest contact is the one the business has been using.
     oldest = min(matches, key=lambda contact: (contact.created_at or 0, contact.id))
-    return oldest.id
+    return oldest.id, oldest.tags
 
 
-def apply(claimed: Claimed, client: ContactsClient, progress: Progress) -> str:
-    """Apply the command; returns the contact id. Raises the client's errors."""
-    fields = dict(claimed.payload.get("fields") or {})
-    tags = list(claimed.payload.get("tags") or [])
-    contact_id = progress.contact_id = resolve(claimed, client)
-    if claimed.kind == "upsert":
-        if contact_id is None:
-            assert claimed.match_field is not None
-            try:
-                contact_id = client.create({claimed.match_field: claimed.match_value, **fields})
-            except ContactsApiError as error:
-                progress.contact_id = error.created_contact_id
-                raise
-            progress.contact_id = contact_id
-        elif fields:
-            client.update(contact_id, fields)
-        if tags:
-            client.add_tags(contact_id, tags)
-        return contact_id
+def apply(work: Work, client: ContactsClient, ledger: Ledger, progress: Progress) -> str:
+    """Apply the work; returns the contact id. Raises the client's errors."""
+    try:
+        return _apply(work, client, progress)
+    except NotFound:
+        if not work.cached:
+            raise
+        # The cache was stale (the contact was deleted or merged): forget it, look again.
+        head = work.head
+        assert work.contact_id is not None
+        ledger.forget_contact(head.channel, head.contact_key, work.contact_id)
+        fresh = Work(work.group, work.plan, None, cached=False)
+        return _apply(fresh, client, progress)
+
+
+def _apply(work: Work, client: ContactsClient, progress: Progress) -> str:
+    plan = work.plan
+    contact_id, known_tags = work.contact_id, None
     if contact_id is None:
-        raise NoSuchContact(
-            f"no such contact: no contact has {claimed.match_field} = {claimed.match_value!r}"
-        )
-    if claimed.kind == "tag":
-        client.add_tags(contact_id, tags)
-    elif claimed.kind == "untag":
-        client.remove_tags(contact_id, tags)
+        contact_id, known_tags = _lookup(work, client)
+    progress.contact_id = contact_id
+    if contact_id is None:
+        head = work.head
+        if not plan.may_create:
+            raise NoSuchContact(
+                f"no such contact: no contact has {head.match_field} = {head.match_value!r}"
+            )
+        assert head.match_field is not None
+        try:
+            contact_id = client.create({head.match_field: head.match_value, **plan.fields})
+        except ContactsApiError as error:
+            progress.contact_id = error.created_contact_id
+            raise
+        progress.contact_id = contact_id
+        plan = merge.trim_to_known(merge.Plan({}, plan.tags, True), [])
     else:
-        raise ValueError(f"unknown command kind {claimed.kind!r}")
+        plan = merge.trim_to_known(plan, known_tags)
+        if plan.fields:
+            client.update(contact_id, plan.fields)
+    if plan.adds:
+        client.add_tags(contact_id, plan.adds)
+    if plan.removes:
+        client.remove_tags(contact_id, plan.removes)
     return contact_id

@@ -16,9 +16,16 @@ import time
 
 from celery import shared_task
 
-from worker.apply import Progress, apply, estimate_calls
+from worker import merge
+from worker.apply import NoSuchContact, Progress, apply, prepare
 from worker.celery_app import RECONCILE_TASK, TASK_FOR_KIND
-from worker.contacts_api import ContactsApiError, RateLimited, TransientError, Unauthorized
+from worker.contacts_api import (
+    ContactsApiError,
+    PermanentError,
+    RateLimited,
+    TransientError,
+    Unauthorized,
+)
 from worker.ledger import Claimed
 from worker.ratelimit import Deferred, Limit, Pacer
 from worker.retry import decide
@@ -47,61 +54,92 @@ def channel_limit(runtime: Runtime, channel: str) -> Limit:
 
 
 def run_command(command_id: int, runtime: Runtime | None = None) -> str:
-    """Claim, pace, apply and settle one command; returns what became of it."""
+    """Claim a command (and the ones waiting behind it for the same contact), pace, apply
+    and settle them; returns what became of the claimed command."""
     runtime = runtime or get_runtime()
     ledger = runtime.ledger
-    claimed = ledger.claim(command_id, lease_s=runtime.config.worker.lease_s)
-    if claimed is None:
+    lease_s = runtime.config.worker.lease_s
+    head = ledger.claim(command_id, lease_s=lease_s)
+    if head is None:
         log.debug("command %s: nothing to claim", command_id)
         return "skipped"
-    context = {"command_id": claimed.id, "event_id": claimed.event_id, "channel": claimed.channel}
-    if claimed.channel not in runtime.config.channels:
-        ledger.kill(claimed, reason="unknown_channel", error=f"no channel {claimed.channel!r}")
+    if head.channel not in runtime.config.channels:
+        ledger.kill(head, reason="unknown_channel", error=f"no channel {head.channel!r}")
         return "dead"
-    limit = channel_limit(runtime, claimed.channel)
-    if claimed.slots and claimed.slots_epoch is not None:
+    group = [head, *ledger.claim_followers(head, merge.mergeable, lease_s=lease_s)]
+    outcome = _run_group(runtime, group)
+    if outcome == "retry_alone":
+        # A permanent refusal in a merged pass: find whose it is by going one at a time.
+        outcome = _run_group(runtime, [head])
+    if outcome in ("done", "dead"):
+        _publish_next(runtime, head)
+    return outcome
+
+
+def _run_group(runtime: Runtime, group: list[Claimed]) -> str:
+    head = group[0]
+    ledger = runtime.ledger
+    context = {"command_id": head.id, "event_id": head.event_id, "channel": head.channel}
+    work = prepare(group, ledger)
+    limit = channel_limit(runtime, head.channel)
+    if head.slots and head.slots_epoch is not None:
         # Held from an earlier claim; further calls, if any, reserve as they go.
-        starts, epoch = claimed.slots, claimed.slots_epoch
+        starts, epoch = head.slots, head.slots_epoch
     else:
-        reservation = runtime.limiter.reserve(claimed.channel, estimate_calls(claimed), limit)
+        reservation = runtime.limiter.reserve(head.channel, work.estimate_calls(), limit)
         starts, epoch = reservation.starts, reservation.epoch
     pacer = Pacer(
         runtime.limiter,
-        claimed.channel,
+        head.channel,
         limit,
         starts,
         epoch,
         inline_max_s=runtime.config.worker.inline_wait_max_s,
         tolerance_s=limit.margin_s / 2,
     )
-    client = runtime.client(claimed.channel)
+    client = runtime.client(head.channel)
     client.before_call = pacer
     progress = Progress()
     try:
-        contact_id = apply(claimed, client, progress)
+        contact_id = apply(work, client, ledger, progress)
     except Deferred as deferred:
-        outcome = _defer(runtime, claimed, deferred, pacer, progress)
-        log.debug("command %s deferred: %s", claimed.id, deferred, extra=context)
+        ledger.release(group[1:])  # they wait behind the head again
+        outcome = _defer(runtime, head, deferred, pacer, progress)
+        log.debug("command %s deferred: %s", head.id, deferred, extra=context)
         return outcome
+    except PermanentError as error:
+        pacer.release()
+        if len(group) > 1 and not isinstance(error, NoSuchContact | Unauthorized):
+            # The refusal belongs to one request of the merged pass; whose is unknown.
+            ledger.release(group[1:])
+            log.info("command %s: merged pass refused (%s); one at a time", head.id, error.reason)
+            return "retry_alone"
+        outcome = _settle_failure(runtime, group, error, progress)
+        log.info("command %s %s: %s", head.id, outcome, error.reason, extra=context)
     except ContactsApiError as error:
         pacer.release()
-        outcome = _settle_failure(runtime, claimed, error, progress)
-        log.info("command %s %s: %s", claimed.id, outcome, error.reason, extra=context)
+        outcome = _settle_failure(runtime, group, error, progress)
+        log.info("command %s %s: %s", head.id, outcome, error.reason, extra=context)
     except Exception as error:
         pacer.release()
         # A bug or a passing fault of ours (the ledger, say): try again later, counted.
         failure = InternalError(f"{type(error).__name__}: {error}"[:500])
-        outcome = _settle_failure(runtime, claimed, failure, progress)
-        log.exception("command %s failed unexpectedly", claimed.id, extra=context)
+        outcome = _settle_failure(runtime, group, failure, progress)
+        log.exception("command %s failed unexpectedly", head.id, extra=context)
     else:
         pacer.release()
-        outcome = "done" if ledger.complete(claimed, contact_id=contact_id) else "lease_lost"
-        runtime.limiter.clear_bad_token(claimed.channel)
-        log.info("command %s %s (%d calls)", claimed.id, outcome, pacer.calls, extra=context)
+        outcome = "done" if ledger.complete(group, contact_id=contact_id) else "lease_lost"
+        runtime.limiter.clear_bad_token(head.channel)
+        log.info(
+            "command %s %s (%d merged, %d calls)",
+            head.id,
+            outcome,
+            len(group),
+            pacer.calls,
+            extra=context,
+        )
     finally:
         client.before_call = None
-    if outcome in ("done", "dead"):
-        _publish_next(runtime, claimed)
     return outcome
 
 
@@ -140,8 +178,9 @@ def _defer(
 
 
 def _settle_failure(
-    runtime: Runtime, claimed: Claimed, error: ContactsApiError, progress: Progress
+    runtime: Runtime, group: list[Claimed], error: ContactsApiError, progress: Progress
 ) -> str:
+    claimed = group[0]
     channel = runtime.config.channels[claimed.channel]
     ledger = runtime.ledger
     now = ledger.clock()
@@ -163,7 +202,7 @@ def _settle_failure(
         runtime.limiter.pause(claimed.channel, decision.delay_s)
     if decision.retry:
         ledger.reschedule(
-            claimed,
+            group,
             not_before=now + decision.delay_s,
             spend_attempt=decision.spend_attempt,
             reason=decision.reason,
@@ -174,7 +213,7 @@ def _settle_failure(
         )
         return "scheduled"
     ledger.kill(
-        claimed,
+        group,
         reason=decision.reason,
         status=error.status,
         error=error.message,

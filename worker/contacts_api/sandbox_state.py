@@ -362,6 +362,12 @@ class SandboxState:
         with self._lock:
             return self._channel(name).contacts.get(contact_id)
 
+    def delete_contact(self, name: str, contact_id: str) -> bool:
+        """Remove a contact, as a user deleting it in the platform's inbox would (the API
+        itself cannot delete); False when there was none."""
+        with self._lock:
+            return self._channel(name).contacts.pop(contact_id, None) is not None
+
     def update_contact(self, name: str, contact_id: str, fields: Mapping[str, Any]) -> bool:
         """Write fields on a contact; False when there is no such contact."""
         with self._lock:

@@ -240,24 +240,28 @@ class Ledger:
         row = self._write(lambda connection: connection.execute(statement).mappings().first())
         return None if row is None else Claimed.from_row(row)
 
-    def _settle(self, claimed: Claimed, **values: Any) -> bool:
+    def _settle(self, claims: Claimed | Sequence[Claimed], **values: Any) -> bool:
+        """Apply ``values`` to commands still held under their lease; True if all were."""
+        group = [claims] if isinstance(claims, Claimed) else list(claims)
         values.setdefault("updated_at", self.clock())
         statement = (
             update(commands)
             .where(
-                commands.c.id == claimed.id,
+                commands.c.id.in_([claimed.id for claimed in group]),
                 commands.c.state == CommandState.RUNNING,
-                commands.c.lease_token == claimed.lease_token,
+                commands.c.lease_token == group[0].lease_token,
             )
             .values(**values)
         )
-        return bool(self._write(lambda connection: connection.execute(statement).rowcount) == 1)
+        changed = self._write(lambda connection: connection.execute(statement).rowcount)
+        return bool(changed == len(group))
 
-    def complete(self, claimed: Claimed, *, contact_id: str | None) -> bool:
+    def complete(self, claims: Claimed | Sequence[Claimed], *, contact_id: str | None) -> bool:
         """Mark done; False when the lease was lost (someone else holds the command now)."""
+        claimed = claims if isinstance(claims, Claimed) else claims[0]
         now = self.clock()
         done = self._settle(
-            claimed,
+            claims,
             state=CommandState.DONE,
             contact_id=contact_id,
             finished_at=now,
@@ -273,7 +277,7 @@ class Ledger:
 
     def reschedule(
         self,
-        claimed: Claimed,
+        claims: Claimed | Sequence[Claimed],
         *,
         not_before: float,
         spend_attempt: bool,
@@ -292,24 +296,24 @@ class Ledger:
         when a message already sent (with a countdown) will be delivered, so that the
         reconciler does not send another before then."""
         return self._settle(
-            claimed,
+            claims,
             state=CommandState.SCHEDULED,
             not_before=not_before,
-            attempts=claimed.attempts + (1 if spend_attempt else 0),
+            attempts=commands.c.attempts + (1 if spend_attempt else 0),
             lease_until=None,
             lease_token=None,
             published_at=published_at,
             reason=reason,
             last_status=status,
             last_error=error,
-            contact_id=contact_id or claimed.contact_id,
+            contact_id=func.coalesce(contact_id, commands.c.contact_id),
             slots={"epoch": slots_epoch, "starts": slots} if slots else None,
             rate_limited_since=rate_limited_since,
         )
 
     def kill(
         self,
-        claimed: Claimed,
+        claims: Claimed | Sequence[Claimed],
         *,
         reason: str,
         status: int | None = None,
@@ -319,18 +323,107 @@ class Ledger:
     ) -> bool:
         """Make the command a dead letter with its reason, status and the API's message."""
         return self._settle(
-            claimed,
+            claims,
             state=CommandState.DEAD,
-            attempts=claimed.attempts + (1 if spend_attempt else 0),
+            attempts=commands.c.attempts + (1 if spend_attempt else 0),
             finished_at=self.clock(),
             lease_until=None,
             lease_token=None,
             reason=reason,
             last_status=status,
             last_error=error,
-            contact_id=contact_id or claimed.contact_id,
+            contact_id=func.coalesce(contact_id, commands.c.contact_id),
             slots=None,
         )
+
+    def release(self, claims: Sequence[Claimed]) -> bool:
+        """Give commands back untouched: pending again, no attempt spent."""
+        if not claims:
+            return True
+        return self._settle(
+            claims, state=CommandState.PENDING, lease_until=None, lease_token=None, slots=None
+        )
+
+    def claim_followers(
+        self, head: Claimed, kinds_allowed: Callable[[list[str]], int], *, lease_s: float
+    ) -> list[Claimed]:
+        """Take, under the head's lease, the contact's commands waiting right behind it
+        (due, in sequence order, without a gap), as many as ``kinds_allowed`` accepts of
+        their kinds (head first)."""
+        now = self.clock()
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(commands.c.id, commands.c.kind, commands.c.state, commands.c.not_before)
+                .where(
+                    commands.c.channel == head.channel,
+                    commands.c.contact_key == head.contact_key,
+                    commands.c.seq > head.seq,
+                    commands.c.state.in_(OPEN_STATES),
+                )
+                .order_by(commands.c.seq)
+                .limit(100)
+            ).all()
+        ready = []
+        for row in rows:
+            if row.state not in CLAIMABLE or (row.not_before is not None and row.not_before > now):
+                break
+            ready.append(row)
+        count = kinds_allowed([head.kind, *(row.kind for row in ready)]) - 1
+        ids = [row.id for row in ready[: max(count, 0)]]
+        if not ids:
+            return []
+        statement = (
+            update(commands)
+            .where(commands.c.id.in_(ids), commands.c.state.in_(CLAIMABLE))
+            .values(
+                state=CommandState.RUNNING,
+                lease_until=now + lease_s,
+                lease_token=head.lease_token,
+                updated_at=now,
+            )
+            .returning(*commands.c)
+        )
+        claimed = self._write(lambda connection: connection.execute(statement).mappings().all())
+        return sorted((Claimed.from_row(row) for row in claimed), key=lambda c: c.seq)
+
+    def later_done(self, head: Claimed) -> list[tuple[int, str, dict[str, Any]]]:
+        """``(seq, kind, payload)`` of the contact's commands after the head that are done
+        already: what a replayed command must not undo."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(commands.c.seq, commands.c.kind, commands.c.payload)
+                .where(
+                    commands.c.channel == head.channel,
+                    commands.c.contact_key == head.contact_key,
+                    commands.c.seq > head.seq,
+                    commands.c.state == CommandState.DONE,
+                )
+                .order_by(commands.c.seq)
+            ).all()
+        return [(row.seq, row.kind, dict(row.payload or {})) for row in rows]
+
+    def cached_contact_id(self, channel: str, contact_key: str) -> str | None:
+        """The contact id this contact key last resolved to on the channel."""
+        with self.engine.connect() as connection:
+            value = connection.execute(
+                select(contacts.c.contact_id).where(
+                    contacts.c.channel == channel, contacts.c.contact_key == contact_key
+                )
+            ).scalar()
+        return None if value is None else str(value)
+
+    def forget_contact(self, channel: str, contact_key: str, contact_id: str) -> None:
+        """Drop a cached contact id the API no longer knows."""
+        statement = (
+            update(contacts)
+            .where(
+                contacts.c.channel == channel,
+                contacts.c.contact_key == contact_key,
+                contacts.c.contact_id == contact_id,
+            )
+            .values(contact_id=None, resolved_at=None)
+        )
+        self._write(lambda connection: connection.execute(statement))
 
     def remember_contact(self, channel: str, contact_key: str, contact_id: str) -> None:
         """Note which contact id a contact key resolved to."""
