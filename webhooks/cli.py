@@ -162,7 +162,9 @@ def web(host: str, port: int, workers: int, threads: int) -> None:
     type=click.Choice(["threads", "prefork", "solo"]),
 )
 def worker(concurrency: int, pool: str) -> None:
-    """Run a Celery worker that applies commands."""
+    """Run a Celery worker that applies commands (every channel's queue)."""
+    from worker.submit import queue_for
+
     runtime = _runtime()
     runtime.ledger  # noqa: B018 - migrate before taking work
     argv = [
@@ -176,7 +178,7 @@ def worker(concurrency: int, pool: str) -> None:
         "--without-gossip",
         "--without-mingle",
         "--queues",
-        "contactsync",
+        ",".join(["contactsync", *map(queue_for, runtime.config.channels)]),
         "--hostname",
         f"contactsync-{os.getpid()}@{socket.gethostname()}",
     ]

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, Select, and_, delete, func, select, update
 
 from worker.ledger.schema import CommandState, commands, events
+from worker.ledger.store import Due
 from worker.runtime import Runtime
 from worker.submit import publish
 
@@ -225,22 +226,22 @@ _RESET = {
 }
 
 
-def replay(
-    engine: Engine, ids: Sequence[int], *, now: float | None = None
-) -> list[tuple[int, str]]:
-    """Put these dead letters back to pending; returns ``(id, kind)`` of those changed
-    (ids that are not dead letters are left alone). The caller publishes them."""
+def replay(engine: Engine, ids: Sequence[int], *, now: float | None = None) -> list[Due]:
+    """Put these dead letters back to pending; returns those changed (ids that are not
+    dead letters are left alone). The caller publishes them."""
     now = time.time() if now is None else now
-    changed: list[tuple[int, str]] = []
+    changed: list[Due] = []
     with engine.begin() as connection:
         for chunk in _chunks(ids, BATCH_SIZE):
             statement = (
                 update(commands)
                 .where(commands.c.state == CommandState.DEAD, commands.c.id.in_(chunk))
                 .values(**_RESET, published_at=now, updated_at=now)
-                .returning(commands.c.id, commands.c.kind)
+                .returning(commands.c.id, commands.c.kind, commands.c.channel)
             )
-            changed += [(int(row[0]), str(row[1])) for row in connection.execute(statement)]
+            changed += [
+                Due(int(row[0]), str(row[1]), str(row[2])) for row in connection.execute(statement)
+            ]
     return sorted(changed)
 
 
@@ -266,7 +267,7 @@ def replay_batches(
     engine = runtime.ledger.engine
     for ids in dead_id_batches(engine, filter, batch_size=batch_size, up_to_id=up_to_id):
         changed = replay(engine, ids)
-        yield Replayed([command_id for command_id, _ in changed], publish(runtime.celery, changed))
+        yield Replayed([due.id for due in changed], publish(runtime.celery, changed))
 
 
 def purge_batches(

@@ -17,25 +17,33 @@ from collections.abc import Iterable, Sequence
 from celery import Celery
 
 from worker.celery_app import TASK_FOR_KIND
-from worker.ledger.store import Ledger, NewEvent, Recorded
+from worker.ledger.store import Due, Ledger, NewEvent, Recorded
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def publish(
-    celery: Celery, commands: Iterable[tuple[int, str]], *, countdown: float | None = None
-) -> int:
-    """Send one task message per ``(command_id, kind)``; returns how many were sent.
+def queue_for(channel: str) -> str:
+    """The broker queue of a channel's commands: one per channel, so that a backlog on one
+    channel never sits in front of another channel's messages."""
+    return f"contactsync.{channel}"
+
+
+def publish(celery: Celery, commands: Iterable[Due], *, countdown: float | None = None) -> int:
+    """Send one task message per command, on its channel's queue; returns how many were sent.
 
     Stops at the first failure: the broker is down, and the reconciler will publish the
     rest from the ledger once it is back.
     """
     sent = 0
-    for command_id, kind in commands:
+    for command_id, kind, channel in commands:
         try:
             celery.send_task(
-                TASK_FOR_KIND[kind], args=[command_id], retry=False, countdown=countdown
+                TASK_FOR_KIND[kind],
+                args=[command_id],
+                queue=queue_for(channel),
+                retry=False,
+                countdown=countdown,
             )
         except Exception as error:  # any broker failure: the ledger has the command
             log.warning(
@@ -54,7 +62,7 @@ def record_and_publish(
     """Record events in one transaction, then publish their new commands."""
     recorded = ledger.record(source, events)
     fresh = [
-        (command_id, command.kind)
+        Due(command_id, command.kind, command.channel)
         for event, result in zip(events, recorded, strict=True)
         if not result.duplicate
         for command_id, command in zip(result.command_ids, event.commands, strict=True)

@@ -27,6 +27,7 @@ from worker.contacts_api import (
     Unauthorized,
 )
 from worker.ledger import Claimed
+from worker.ledger.store import Due
 from worker.ratelimit import Deferred, Limit, Pacer
 from worker.retry import decide
 from worker.runtime import Runtime, get_runtime
@@ -163,7 +164,9 @@ def _defer(
             published_at=deliver_at,
             rate_limited_since=claimed.rate_limited_since,
         )
-        publish(runtime.celery, [(claimed.id, claimed.kind)], countdown=countdown)
+        publish(
+            runtime.celery, [Due(claimed.id, claimed.kind, claimed.channel)], countdown=countdown
+        )
     else:
         runtime.ledger.reschedule(
             claimed,
@@ -227,7 +230,8 @@ def _publish_next(runtime: Runtime, claimed: Claimed) -> None:
     following = runtime.ledger.next_for_contact(claimed.channel, claimed.contact_key)
     if following is not None:
         row = runtime.ledger.command(following)
-        if row is not None and publish(runtime.celery, [(following, row["kind"])]):
+        due = [Due(following, row["kind"], claimed.channel)] if row is not None else []
+        if due and publish(runtime.celery, due):
             runtime.ledger.mark_published([following])
 
 

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, and_, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -33,6 +33,14 @@ CLAIMABLE = (CommandState.PENDING, CommandState.SCHEDULED)
 
 class LedgerUnavailable(Exception):
     """The ledger database cannot be written or read right now."""
+
+
+class Due(NamedTuple):
+    """A command to publish: its id, kind and channel (the channel picks the queue)."""
+
+    id: int
+    kind: str
+    channel: str
 
 
 @dataclass(frozen=True)
@@ -452,15 +460,15 @@ class Ledger:
                 .limit(1)
             ).scalar()
 
-    def due(self, *, republish_after_s: float, limit: int = 500) -> list[tuple[int, str]]:
+    def due(self, *, republish_after_s: float, limit: int = 500) -> list[Due]:
         """Claimable commands at the head of their contact's order whose message may be
         lost: never published, or published more than ``republish_after_s`` ago. They are
         marked published now; the caller publishes them."""
         now = self.clock()
 
-        def work(connection: Connection) -> list[tuple[int, str]]:
+        def work(connection: Connection) -> list[Due]:
             rows = connection.execute(
-                select(commands.c.id, commands.c.kind)
+                select(commands.c.id, commands.c.kind, commands.c.channel)
                 .where(
                     commands.c.state.in_(CLAIMABLE),
                     or_(commands.c.not_before.is_(None), commands.c.not_before <= now),
@@ -478,7 +486,7 @@ class Ledger:
                 connection.execute(
                     update(commands).where(commands.c.id.in_(ids)).values(published_at=now)
                 )
-            return [(row[0], row[1]) for row in rows]
+            return [Due(*row) for row in rows]
 
         return list(self._write(work))
 
@@ -492,14 +500,14 @@ class Ledger:
             )
             self._write(lambda connection: connection.execute(statement))
 
-    def reclaim_expired(self, *, max_attempts: int) -> list[tuple[int, str]]:
+    def reclaim_expired(self, *, max_attempts: int) -> list[Due]:
         """Commands whose worker's lease ran out: back to pending (an attempt spent), or dead
         once the attempts are used up. Returns the ones to publish again."""
         now = self.clock()
         expired = and_(commands.c.state == CommandState.RUNNING, commands.c.lease_until < now)
         lost = "lease expired: the worker died or stalled while running the command"
 
-        def work(connection: Connection) -> list[tuple[int, str]]:
+        def work(connection: Connection) -> list[Due]:
             connection.execute(
                 update(commands)
                 .where(expired, commands.c.attempts + 1 >= max_attempts)
@@ -526,9 +534,9 @@ class Ledger:
                     lease_token=None,
                     lease_until=None,
                 )
-                .returning(commands.c.id, commands.c.kind)
+                .returning(commands.c.id, commands.c.kind, commands.c.channel)
             ).all()
-            return [(row[0], row[1]) for row in rows]
+            return [Due(*row) for row in rows]
 
         return list(self._write(work))
 

@@ -126,7 +126,7 @@ def test_a_settle_needs_the_current_lease(ledger: Ledger) -> None:
     stale = ledger.claim(command_id, lease_s=10)
     assert stale is not None
     ledger.clock.now += 11  # type: ignore[attr-defined]
-    assert ledger.reclaim_expired(max_attempts=5) == [(command_id, "upsert")]
+    assert ledger.reclaim_expired(max_attempts=5) == [(command_id, "upsert", "main")]
     fresh = ledger.claim(command_id, lease_s=10)
     assert fresh is not None and fresh.attempts == 1
     assert not ledger.complete(stale, contact_id="1")  # the zombie cannot settle it
@@ -151,7 +151,7 @@ def test_reschedule_waits_until_not_before(ledger: Ledger) -> None:
     assert ledger.claim(command_id, lease_s=30) is None
     assert ledger.due(republish_after_s=0) == []
     ledger.clock.now += 61  # type: ignore[attr-defined]
-    assert ledger.due(republish_after_s=0) == [(command_id, "upsert")]
+    assert ledger.due(republish_after_s=0) == [(command_id, "upsert", "main")]
     again = ledger.claim(command_id, lease_s=30)
     assert again is not None and again.attempts == 0
 
@@ -160,7 +160,7 @@ def test_due_republishes_only_heads_and_only_after_the_quiet_period(ledger: Ledg
     first, _second = ledger.record("web", [event("e1", upsert(), tag())])[0].command_ids
     assert ledger.due(republish_after_s=30) == []  # just published by the receiver
     ledger.clock.now += 31  # type: ignore[attr-defined]
-    assert ledger.due(republish_after_s=30) == [(first, "upsert")]
+    assert ledger.due(republish_after_s=30) == [(first, "upsert", "main")]
     assert ledger.due(republish_after_s=30) == []
 
 
