@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flask import Flask, Response, jsonify
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhooks.admin import admin_blueprint
 from webhooks.errors import install_error_handlers
@@ -16,6 +17,11 @@ from worker.runtime import Runtime
 def create_app(runtime: Runtime) -> Flask:
     """The receiver app for this runtime (config, ledger, broker)."""
     app = Flask("contactsync")
+    hops = runtime.settings.trust_proxy_hops
+    if hops:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
+        )
     receiver = Receiver.from_runtime(runtime)
     app.config["MAX_CONTENT_LENGTH"] = receiver.largest_cap() + 1
     app.extensions["contactsync"] = runtime

@@ -68,10 +68,18 @@ def build_source(name: str, spec: SourceConfig) -> Source:
         module = module_for(spec.kind)
     except ValueError as error:
         raise ValueError(f"{where}.kind: {error}") from None
+    if not secrets:
+        raise ValueError(f"{where}.secret: not set (every {spec.kind} source needs one)")
     try:
         options = module.Options.model_validate(spec.options)
     except Exception as error:
         raise ValueError(f"{where}: {str(error).splitlines()[0]} ({error})") from None
+    may_untag = getattr(module, "may_untag", None)
+    if may_untag is not None and may_untag(options) and not (spec.tags or spec.tags_from):
+        raise ValueError(
+            f"{where}.tags: a {spec.kind} source removes its tags on some events "
+            "(unsubscribe, cancel, delete): configure tags or tags_from"
+        )
     mapping = SourceMapping.build(
         spec, default_fields=module.DEFAULT_FIELDS, default_match=module.DEFAULT_MATCH, where=where
     )
@@ -198,7 +206,8 @@ def inbound_request(body: bytes) -> InboundRequest:
     """The current Flask request as a source sees it."""
     form: dict[str, str] = {}
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = {key: value for key, value in request.form.items(multi=False)}
+        # A field sent several times (checkboxes sharing a name) keeps every value.
+        form = {key: ", ".join(values) for key, values in request.form.lists()}
     return InboundRequest(
         method=request.method,
         url=request.url,

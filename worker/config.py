@@ -304,6 +304,9 @@ class Settings(BaseSettings):
     """Points every channel at this Contacts API URL (``up --sandbox`` sets it)."""
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    trust_proxy_hops: int = 0
+    """Proxies in front of the receiver whose X-Forwarded-* headers are believed (so that
+    signatures over the URL, like HubSpot's, see the URL the sender called)."""
 
     def ledger_url(self) -> str:
         """The ledger's SQLAlchemy URL: the configured one, else SQLite in the data folder."""

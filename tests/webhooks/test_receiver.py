@@ -168,3 +168,35 @@ def test_signing_helper_matches_the_secret() -> None:
     body = b"{}"
     header = sign(WebhookSecret.parse(SECRET), "msg_1", 1_700_000_000, body)
     assert header.startswith("v1,")
+
+
+def test_a_vendor_source_without_a_secret_is_refused_at_start_up() -> None:
+    from webhooks.receiver import build_source
+    from worker.config import SourceConfig
+
+    with pytest.raises(ValueError, match=r"sources\.forms\.secret: not set"):
+        build_source("forms", SourceConfig(kind="typeform", channel="main"))
+    with pytest.raises(ValueError, match=r"sources\.forms\.kind: unknown source kind"):
+        build_source("forms", SourceConfig(kind="typo", secret="x"))
+
+
+def test_forwarded_headers_are_believed_only_when_configured(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    from flask import request
+
+    def seen_url(app: Any) -> str:
+        @app.get("/probe")
+        def probe() -> str:
+            return request.url
+
+        headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hooks.example.com"}
+        return str(app.test_client().get("/probe", headers=headers).get_data(as_text=True))
+
+    assert seen_url(create_app(runtime)).startswith("http://localhost/")
+    trusting = Runtime(
+        Settings(config=runtime.settings.config, data_dir=tmp_path / "d2", trust_proxy_hops=1),
+        runtime.config,
+    )
+    assert seen_url(create_app(trusting)) == "https://hooks.example.com/probe"
+    trusting.ledger.engine.dispose()

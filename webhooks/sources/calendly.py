@@ -59,6 +59,11 @@ class Options(SourceOptions):
     canceled_tag: str = Field(default="calendly-canceled", min_length=1, max_length=255)
 
 
+def may_untag(options: Options) -> bool:
+    """Whether a record can remove tags (then the source must configure some)."""
+    return options.on_cancel == "untag"
+
+
 def signature(secret: str, timestamp: str, body: bytes) -> str:
     """The hex ``v1`` signature of ``body`` sent at ``timestamp``."""
     content = timestamp.encode() + b"." + body

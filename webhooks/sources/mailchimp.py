@@ -66,6 +66,11 @@ class Options(SourceOptions):
     """The URL query parameter holding the secret."""
 
 
+def may_untag(options: Options) -> bool:
+    """Unsubscribes remove the source's tags: it must configure some."""
+    return True
+
+
 def _as_bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 

@@ -61,6 +61,11 @@ class Options(SourceOptions):
     deleted_tag: str = Field(default="pipedrive-deleted", min_length=1, max_length=255)
 
 
+def may_untag(options: Options) -> bool:
+    """Whether a record can remove tags (then the source must configure some)."""
+    return options.on_delete == "untag"
+
+
 def authorization(username: str, password: str) -> str:
     """The ``Authorization`` header value Pipedrive sends for these credentials."""
     token = base64.b64encode(f"{username}:{password}".encode()).decode()

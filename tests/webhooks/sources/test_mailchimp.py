@@ -120,12 +120,9 @@ def test_an_unsubscribe_or_cleaned_removes_the_sources_tags(
     assert contact["custom_fields"]["firstName"] == "Ann"
 
 
-def test_an_unsubscribe_without_configured_tags_is_422(source_kit: Any) -> None:
-    kit = source_kit({"audience": {**CONFIG, "tags": []}})
-    response = deliver(kit, UNSUBSCRIBE)
-    assert response.status_code == 422
-    assert "tags" in response.get_json()["detail"]
-    assert kit.recorded() == []
+def test_a_source_without_tags_to_remove_is_refused_at_start_up(source_kit: Any) -> None:
+    with pytest.raises(ValueError, match=r"sources\.audience\.tags: .*configure tags"):
+        source_kit({"audience": {**CONFIG, "tags": []}})
 
 
 def test_an_email_change_upserts_the_new_address(source_kit: Any) -> None:
