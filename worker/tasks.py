@@ -15,8 +15,9 @@ import logging
 import time
 
 from celery import shared_task
+from celery.signals import worker_ready, worker_shutdown
 
-from worker import merge
+from worker import activity, merge
 from worker.apply import NoSuchContact, Progress, apply, prepare
 from worker.celery_app import RECONCILE_TASK, TASK_FOR_KIND
 from worker.contacts_api import (
@@ -101,6 +102,8 @@ def _run_group(runtime: Runtime, group: list[Claimed]) -> str:
     client = runtime.client(head.channel)
     client.before_call = pacer
     progress = Progress()
+    refused = False
+    outcome = "unsettled"
     try:
         contact_id = apply(work, client, ledger, progress)
     except Deferred as deferred:
@@ -119,6 +122,7 @@ def _run_group(runtime: Runtime, group: list[Claimed]) -> str:
         log.info("command %s %s: %s", head.id, outcome, error.reason, extra=context)
     except ContactsApiError as error:
         pacer.release()
+        refused = isinstance(error, RateLimited)
         outcome = _settle_failure(runtime, group, error, progress)
         log.info("command %s %s: %s", head.id, outcome, error.reason, extra=context)
     except Exception as error:
@@ -141,7 +145,36 @@ def _run_group(runtime: Runtime, group: list[Claimed]) -> str:
         )
     finally:
         client.before_call = None
+        settled = len(group) if outcome in ("done", "dead") else 0
+        _note(runtime, head.channel, pacer.calls, refused, settled)
     return outcome
+
+
+def _note(runtime: Runtime, channel: str, calls: int, refused: bool, settled: int) -> None:
+    """Count the pass for operators (the dashboard, ``status``); never fails the task."""
+    try:
+        activity.record_calls(
+            runtime.ledger.engine, channel, calls=calls, rate_limited=int(refused)
+        )
+        if _heartbeat is not None and settled:
+            _heartbeat.count(settled)
+    except Exception as error:
+        log.warning("could not record activity: %s", type(error).__name__)
+
+
+_heartbeat: activity.Heartbeat | None = None
+
+
+@worker_ready.connect
+def _start_heartbeat(**_: object) -> None:
+    global _heartbeat
+    _heartbeat = activity.Heartbeat(get_runtime().ledger.engine).start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
 
 
 def _defer(
@@ -261,6 +294,7 @@ def reconcile_once(runtime: Runtime | None = None) -> dict[str, int]:
     reclaimed = ledger.reclaim_expired(max_attempts=runtime.config.retry.max_attempts)
     due = ledger.due(republish_after_s=runtime.config.worker.republish_after_s)
     sent = publish(runtime.celery, [*reclaimed, *due])
+    activity.prune(ledger.engine)
     if reclaimed or due:
         log.info(
             "reconcile: %d reclaimed, %d due, %d published in %.0f ms",

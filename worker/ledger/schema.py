@@ -106,3 +106,22 @@ channels = Table(
     Column("bad_token_detail", Text, nullable=True),
     Column("updated_at", Float, nullable=False),
 )
+
+channel_minutes = Table(
+    "channel_minutes",
+    metadata,
+    Column("channel", String(100), primary_key=True),
+    Column("minute", BigInteger, primary_key=True),
+    Column("calls", Integer, nullable=False),
+    Column("rate_limited", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=False),
+    Column("done", BigInteger, nullable=False),
+)

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, and_, exists, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from worker.commands import Command
+from worker.ledger.db import dialect_insert
 from worker.ledger.schema import OPEN_STATES, CommandState, commands, contacts, events
 
 CLAIMABLE = (CommandState.PENDING, CommandState.SCHEDULED)
@@ -127,7 +127,7 @@ class Ledger:
     def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.clock = clock
-        self._insert = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+        self._insert = dialect_insert(engine)
 
     def __repr__(self) -> str:
         return f"Ledger({self.engine.url.render_as_string(hide_password=True)!r})"

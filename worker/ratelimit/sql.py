@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from worker.ledger.db import dialect_insert
 from worker.ledger.schema import channels
 from worker.ratelimit import schedule
 from worker.ratelimit.schedule import Limit
@@ -56,7 +56,7 @@ class SqlLimiter:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._insert = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+        self._insert = dialect_insert(engine)
         self._pg = engine.dialect.name == "postgresql"
 
     def _now(self, connection: Connection) -> float:
