@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("webhooks.refusals")
 
 
 class Refusal(Exception):
@@ -43,6 +46,14 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Refusal)
     def _refusal(refusal: Refusal) -> Response:
+        source = (request.view_args or {}).get("source")
+        log.info(
+            "refused %s %s: %s",
+            refusal.status,
+            refusal.error,
+            refusal.detail,
+            extra={"source": source} if source else None,
+        )
         return refusal.response()
 
     @app.errorhandler(HTTPException)

@@ -28,6 +28,7 @@ from webhooks.sources.generic import parse_events
 from worker.config import AppConfig, SourceConfig
 from worker.ledger import Ledger, LedgerUnavailable
 from worker.ledger.store import NewEvent, Recorded
+from worker.logs import log_context
 from worker.runtime import Runtime
 from worker.submit import record_and_publish
 
@@ -117,6 +118,10 @@ class Receiver:
 
     def handle(self, source_name: str) -> tuple[Response, int] | Response:
         """Answer one delivery to ``source_name``."""
+        with log_context(source=source_name):
+            return self._handle(source_name)
+
+    def _handle(self, source_name: str) -> tuple[Response, int] | Response:
         source = self.source(source_name)
         cap = source.config.max_body_bytes
         if request.content_length is not None and request.content_length > cap:
@@ -197,7 +202,7 @@ class Receiver:
                 item.key,
                 "duplicate" if item.duplicate else "accepted",
                 item.command_ids,
-                extra={"source": source.name},
+                extra={"event_id": item.event_id},
             )
         return recorded
 

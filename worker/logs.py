@@ -6,12 +6,38 @@ printed by both formats. Nothing here ever formats a secret: callers log ids and
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 CONTEXT_KEYS = ("event_id", "command_id", "channel", "source")
+
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("contactsync_log_context")
+
+
+@contextlib.contextmanager
+def log_context(**values: Any) -> Iterator[None]:
+    """Attach ``event_id``, ``command_id``, ``channel`` or ``source`` to every log line
+    written inside the block (the client's per-call lines included)."""
+    token = _context.set({**_context.get({}), **values})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the current log context onto each record (explicit ``extra=`` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.get({}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,6 +76,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Send every logger to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

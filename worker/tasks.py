@@ -29,6 +29,7 @@ from worker.contacts_api import (
 )
 from worker.ledger import Claimed
 from worker.ledger.store import Due
+from worker.logs import log_context
 from worker.ratelimit import Deferred, Limit, Pacer
 from worker.retry import decide
 from worker.runtime import Runtime, get_runtime
@@ -69,10 +70,11 @@ def run_command(command_id: int, runtime: Runtime | None = None) -> str:
         ledger.kill(head, reason="unknown_channel", error=f"no channel {head.channel!r}")
         return "dead"
     group = [head, *ledger.claim_followers(head, merge.mergeable, lease_s=lease_s)]
-    outcome = _run_group(runtime, group)
-    if outcome == "retry_alone":
-        # A permanent refusal in a merged pass: find whose it is by going one at a time.
-        outcome = _run_group(runtime, [head])
+    with log_context(command_id=head.id, event_id=head.event_id, channel=head.channel):
+        outcome = _run_group(runtime, group)
+        if outcome == "retry_alone":
+            # A permanent refusal in a merged pass: find whose it is by going one at a time.
+            outcome = _run_group(runtime, [head])
     if outcome in ("done", "dead"):
         _publish_next(runtime, head)
     return outcome

@@ -236,7 +236,7 @@ class ContactsClient:
             log.info("contacts_api %s failed: %s", what, error.reason)
             raise error from None
         elapsed_ms = (time.monotonic() - started) * 1000
-        log.debug("contacts_api %s -> %s in %.0f ms", what, response.status_code, elapsed_ms)
+        log.info("contacts_api %s -> %s in %.0f ms", what, response.status_code, elapsed_ms)
         if response.status_code != 200:
             raise map_error(response, what=what)
         try:
