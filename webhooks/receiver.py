@@ -30,7 +30,7 @@ from worker.ledger import Ledger, LedgerUnavailable
 from worker.ledger.store import NewEvent, Recorded
 from worker.logs import log_context
 from worker.runtime import Runtime
-from worker.submit import record_and_publish
+from worker.submit import BackgroundPublisher, record_and_publish
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class Receiver:
             for name, channel in config.channels.items()
         }
         self.sources = {name: build_source(name, spec) for name, spec in config.sources.items()}
+        self.publisher = BackgroundPublisher(celery)
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> Receiver:
@@ -187,7 +188,9 @@ class Receiver:
 
     def _record(self, source: Source, batch: list[NewEvent]) -> list[Recorded]:
         try:
-            recorded = record_and_publish(self.ledger, self.celery, source.name, batch)
+            recorded = record_and_publish(
+                self.ledger, self.celery, source.name, batch, publisher=self.publisher
+            )
         except LedgerUnavailable as error:
             log.warning("ledger unavailable, answering 503: %s", error)
             raise Refusal(

@@ -11,8 +11,13 @@ command, so the caller's answer need not wait for the broker.
 
 from __future__ import annotations
 
+import atexit
 import logging
-from collections.abc import Iterable, Sequence
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from celery import Celery
 
@@ -56,10 +61,63 @@ def publish(celery: Celery, commands: Iterable[Due], *, countdown: float | None 
     return sent
 
 
+class BackgroundPublisher:
+    """Publishes from a thread of its own, so that a request's answer waits for the
+    ledger's commit and not for the broker. What it has not sent when its process dies is
+    in the ledger: the reconciler publishes it after ``worker.republish_after_s``."""
+
+    def __init__(self, celery: Celery, *, max_waiting: int = 100_000) -> None:
+        self.celery = celery
+        self._queue: queue.Queue[list[Due]] = queue.Queue(max_waiting)
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def __call__(self, celery: Celery, commands: Sequence[Due]) -> int:
+        """Queue ``commands`` for publishing; returns how many were queued."""
+        self._ensure_thread()
+        try:
+            self._queue.put_nowait(list(commands))
+        except queue.Full:
+            log.warning("publisher queue full: %d commands left to the reconciler", len(commands))
+            return 0
+        return len(commands)
+
+    def _ensure_thread(self) -> None:
+        # Threads do not survive a fork (gunicorn workers): start one per process.
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="publisher", daemon=True).start()
+                atexit.register(self.flush)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                publish(self.celery, batch)
+            finally:
+                self._queue.task_done()
+
+    def flush(self, timeout_s: float = 2.0) -> None:
+        """Wait (a little) for what is queued to be sent."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+Publish = Callable[[Celery, Sequence[Due]], int]
+
+
 def record_and_publish(
-    ledger: Ledger, celery: Celery, source: str, events: Sequence[NewEvent]
+    ledger: Ledger,
+    celery: Celery,
+    source: str,
+    events: Sequence[NewEvent],
+    *,
+    publisher: Publish | None = None,
 ) -> list[Recorded]:
-    """Record events in one transaction, then publish their new commands."""
+    """Record events in one transaction, then publish their new commands (with
+    ``publisher``, e.g. a :class:`BackgroundPublisher`, else right away)."""
     recorded = ledger.record(source, events)
     fresh = [
         Due(command_id, command.kind, command.channel)
@@ -67,7 +125,8 @@ def record_and_publish(
         if not result.duplicate
         for command_id, command in zip(result.command_ids, event.commands, strict=True)
     ]
-    publish(celery, fresh)
+    if fresh:
+        (publisher or publish)(celery, fresh)
     return recorded
 
 
