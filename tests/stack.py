@@ -200,3 +200,12 @@ class Stack:
         """Whether every command is done or dead."""
         counts = self.states()
         return counts["pending"] + counts["running"] + counts["scheduled"] == 0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -132,6 +132,7 @@ def web(host: str, port: int, workers: int, threads: int) -> None:
     """Run the webhook receiver under gunicorn."""
     from gunicorn.app.base import BaseApplication
 
+    _metrics_folder(_settings())
     runtime = _runtime()
     runtime.ledger  # noqa: B018 - migrate before the workers fork
 
@@ -143,6 +144,7 @@ def web(host: str, port: int, workers: int, threads: int) -> None:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("timeout", 30)
+            self.cfg.set("control_socket_disable", True)  # no shared socket under $HOME
 
         def load(self) -> Any:
             from webhooks.app import create_app
@@ -165,6 +167,7 @@ def worker(concurrency: int, pool: str) -> None:
     """Run a Celery worker that applies commands (every channel's queue)."""
     from worker.submit import queue_for
 
+    _metrics_folder(_settings())
     runtime = _runtime()
     runtime.ledger  # noqa: B018 - migrate before taking work
     argv = [
@@ -305,6 +308,7 @@ def up(with_sandbox: bool, port: int, sandbox_port: int, concurrency: int) -> No
         _fail(str(error))
         return
     run_migrations(connect(settings.ledger_url()))
+    _metrics_folder(settings, clean=True)  # the children add up their metrics there
     children = []
     if with_sandbox:
         children.append(Child("sandbox", cli_argv("sandbox", "--port", str(sandbox_port))))
@@ -338,6 +342,16 @@ def up(with_sandbox: bool, port: int, sandbox_port: int, concurrency: int) -> No
     sys.exit(supervise(children, child_env(extra), ready=is_ready, on_ready=announce))
 
 
+def _metrics_folder(settings: Settings, *, clean: bool = False) -> None:
+    """Where this machine's processes add up their metrics (worker/metrics.py): set before
+    prometheus_client is first imported, and inherited by the processes ``up`` starts."""
+    default = str(settings.data_dir.resolve() / "metrics")
+    folder = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", default))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db") if clean else ():  # prometheus_client's files only
+        stale.unlink(missing_ok=True)
+
+
 def _sandbox_tokens(settings: Settings) -> dict[str, str]:
     """Made-up tokens for channels whose token variable is unset: the sandbox and the
     workers read the same variables, so they agree."""
@@ -362,6 +376,11 @@ def _sandbox_tokens(settings: Settings) -> dict[str, str]:
 from webhooks.cli_dlq import dlq  # noqa: E402
 
 main.add_command(dlq)
+
+from webhooks.cli_ops import import_command, status  # noqa: E402
+
+main.add_command(import_command)
+main.add_command(status)
 
 
 if __name__ == "__main__":

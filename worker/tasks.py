@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 
-from worker import activity, merge
+from worker import activity, merge, metrics
 from worker.apply import NoSuchContact, Progress, apply, prepare
 from worker.celery_app import RECONCILE_TASK, TASK_FOR_KIND
 from worker.contacts_api import (
@@ -68,6 +69,7 @@ def run_command(command_id: int, runtime: Runtime | None = None) -> str:
         return "skipped"
     if head.channel not in runtime.config.channels:
         ledger.kill(head, reason="unknown_channel", error=f"no channel {head.channel!r}")
+        metrics.dead_letter(head.channel, "unknown_channel")
         return "dead"
     group = [head, *ledger.claim_followers(head, merge.mergeable, lease_s=lease_s)]
     with log_context(command_id=head.id, event_id=head.event_id, channel=head.channel):
@@ -102,12 +104,17 @@ def _run_group(runtime: Runtime, group: list[Claimed]) -> str:
         tolerance_s=limit.margin_s / 2,
     )
     client = runtime.client(head.channel)
-    client.before_call = pacer
+    client.before_call = _keeping_the_lease(runtime, group, pacer)
+    metrics.watch(client, head.channel)  # counts every answer by status
     progress = Progress()
     refused = False
     outcome = "unsettled"
     try:
         contact_id = apply(work, client, ledger, progress)
+    except LeaseLost:
+        pacer.release()
+        log.warning("command %s: lease lost mid-pass; its new holder will finish it", head.id)
+        return "lease_lost"
     except Deferred as deferred:
         ledger.release(group[1:])  # they wait behind the head again
         outcome = _defer(runtime, head, deferred, pacer, progress)
@@ -149,7 +156,28 @@ def _run_group(runtime: Runtime, group: list[Claimed]) -> str:
         client.before_call = None
         settled = len(group) if outcome in ("done", "dead") else 0
         _note(runtime, head.channel, pacer.calls, refused, settled)
+        metrics.observe_pass(head.channel, outcome, len(group), pacer.waited_s)
     return outcome
+
+
+class LeaseLost(Exception):
+    """The reconciler gave the commands to another worker while this one was slow."""
+
+
+def _keeping_the_lease(runtime: Runtime, group: list[Claimed], pacer: Pacer) -> Callable[[], None]:
+    """The client's ``before_call``: renew the lease when a third of it has gone (a slow
+    API must not let a second worker take the commands mid-pass), then pace the call."""
+    lease_s = runtime.config.worker.lease_s
+    renewed = [time.monotonic()]
+
+    def before_call() -> None:
+        if time.monotonic() - renewed[0] > lease_s / 3:
+            if not runtime.ledger.renew(group, lease_s=lease_s):
+                raise LeaseLost(f"command {group[0].id}: lease lost")
+            renewed[0] = time.monotonic()
+        pacer()
+
+    return before_call
 
 
 def _note(runtime: Runtime, channel: str, calls: int, refused: bool, settled: int) -> None:
@@ -235,6 +263,7 @@ def _settle_failure(
         policy=runtime.config.retry,
         period_s=channel.rate_limit.period_s,
     )
+    metrics.failed(claimed.channel, error, decision, len(group))
     if isinstance(error, RateLimited):
         # The whole channel stops, not just this command: every worker on the token waits.
         runtime.limiter.pause(claimed.channel, decision.delay_s)

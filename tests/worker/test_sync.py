@@ -147,3 +147,22 @@ def test_a_replayed_old_command_does_not_undo_newer_changes(kit: SourceKit) -> N
     replay(kit.runtime.ledger.engine, [old], now=kit.runtime.ledger.clock())
     assert run_command(old, kit.runtime) == "done"
     assert kit.contact("email", "ann@example.com")["custom_fields"]["firstName"] == "New"
+
+
+def test_a_slow_pass_keeps_its_lease(kit: SourceKit) -> None:
+    from worker.config import WorkerConfig
+
+    kit.runtime.config = kit.runtime.config.model_copy(update={"worker": WorkerConfig(lease_s=1.0)})
+    (command_id,) = record(
+        kit, make_command("upsert", "main", ANN, fields={"firstName": "A"}, tags=["a", "b", "c"])
+    )
+    kit.sandbox.state.set_faults(latency_ms=450)  # lookup + create + tags: about 1.4 s
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(run_command(command_id, kit.runtime)))
+    worker.start()
+    import time
+
+    time.sleep(1.2)  # past the first lease's end, while the pass is still calling
+    assert kit.runtime.ledger.reclaim_expired(max_attempts=5) == []
+    worker.join()
+    assert outcome == ["done"]

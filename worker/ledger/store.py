@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, and_, exists, func, or_, select, update
+from sqlalchemy import Engine, and_, case, exists, func, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -344,6 +344,11 @@ class Ledger:
             slots=None,
         )
 
+    def renew(self, claims: Sequence[Claimed], *, lease_s: float) -> bool:
+        """Extend the lease of commands still held; False when it was lost meanwhile (the
+        reconciler gave the commands to another worker): stop working on them."""
+        return self._settle(claims, lease_until=self.clock() + lease_s)
+
     def release(self, claims: Sequence[Claimed]) -> bool:
         """Give commands back untouched: pending again, no attempt spent."""
         if not claims:
@@ -483,8 +488,15 @@ class Ledger:
             ).all()
             ids = [row[0] for row in rows]
             if ids:
+                # A command that has waited long is most likely queued behind a backlog, not
+                # lost: the older it is, the longer until it is published again (half its
+                # age, at most an hour), so a backlog is not republished over and over.
+                half_age = (now - commands.c.created_at) / 2
+                backoff = case((half_age > 3600, 3600.0), else_=half_age)
                 connection.execute(
-                    update(commands).where(commands.c.id.in_(ids)).values(published_at=now)
+                    update(commands)
+                    .where(commands.c.id.in_(ids))
+                    .values(published_at=now + backoff)
                 )
             return [Due(*row) for row in rows]
 

@@ -179,3 +179,13 @@ def test_unreachable_database_is_ledger_unavailable() -> None:
     engine = connect("postgresql://postgres@127.0.0.1:1/none")
     with pytest.raises(LedgerUnavailable):
         Ledger(engine).record("web", [event("e1", upsert())])
+
+
+def test_an_old_command_is_republished_less_and_less_often(ledger: Ledger) -> None:
+    (command_id,) = ledger.record("web", [event("e1", upsert())])[0].command_ids
+    ledger.clock.now += 1000  # type: ignore[attr-defined]
+    assert [due.id for due in ledger.due(republish_after_s=30)] == [command_id]
+    ledger.clock.now += 31  # type: ignore[attr-defined]
+    assert ledger.due(republish_after_s=30) == []  # it waits half its age (500 s) more
+    ledger.clock.now += 500  # type: ignore[attr-defined]
+    assert [due.id for due in ledger.due(republish_after_s=30)] == [command_id]
