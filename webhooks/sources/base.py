@@ -22,6 +22,7 @@ field that names the contact), and ``Options`` (a pydantic model of its own conf
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -177,6 +178,27 @@ def load_json(body: bytes) -> Any:
     except ValueError as error:  # JSONDecodeError, and the hooks' refusals
         raise MalformedBody(f"body is not valid JSON: {str(error)[:200]}") from None
     return data
+
+
+def as_bytes(text: str) -> bytes:
+    """Text as bytes for a constant-time comparison (``hmac.compare_digest`` refuses
+    non-ASCII ``str``); lone surrogates from a hostile header survive the encoding."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def check_token(given: Sequence[str], secrets: Sequence[str], *, missing: str) -> None:
+    """A shared secret sent in a URL, header or form field: any of ``given`` must equal
+    one of ``secrets``, compared in constant time. ``missing`` says where it was expected."""
+    if not given:
+        raise Unauthenticated(missing, error="missing_token")
+    if not secrets:
+        raise Unauthenticated("the source has no secret configured", error="invalid_token")
+    if not any(
+        hmac.compare_digest(as_bytes(value), as_bytes(secret))
+        for value in given
+        for secret in secrets
+    ):
+        raise Unauthenticated("the token does not match", error="invalid_token")
 
 
 def scalar(value: Any) -> Any:

@@ -20,7 +20,6 @@ else the SHA-256 of the submitted fields (without the secret): a double click is
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,7 +32,8 @@ from webhooks.sources.base import (
     MalformedBody,
     Record,
     SourceOptions,
-    Unauthenticated,
+    as_bytes,
+    check_token,
     load_json,
     scalar,
 )
@@ -85,10 +85,6 @@ def _options(options: Any) -> Options:
     return options if isinstance(options, Options) else Options()
 
 
-def _as_bytes(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")
-
-
 def _flatten(prefix: str, value: Any, into: dict[str, Any], depth: int = 0) -> None:
     if isinstance(value, dict):
         if depth < MAX_DEPTH:
@@ -121,19 +117,11 @@ def verify(
         for value in (posted, request.query.get(options.token_param))
         if isinstance(value, str) and value
     ]
-    if not given:
-        raise Unauthenticated(
-            f"missing the {options.secret_field!r} field or {options.token_param!r} parameter",
-            error="missing_token",
-        )
-    if not secrets:
-        raise Unauthenticated("the source has no secret configured", error="invalid_token")
-    if not any(
-        hmac.compare_digest(_as_bytes(value), _as_bytes(secret))
-        for value in given
-        for secret in secrets
-    ):
-        raise Unauthenticated("the token does not match", error="invalid_token")
+    check_token(
+        given,
+        secrets,
+        missing=f"missing the {options.secret_field!r} field or {options.token_param!r} parameter",
+    )
 
 
 def records(request: InboundRequest, options: Any) -> list[Record]:
@@ -155,7 +143,7 @@ def records(request: InboundRequest, options: Any) -> list[Record]:
             )
     else:
         canonical = json.dumps(values, sort_keys=True, ensure_ascii=False)
-        key = hashlib.sha256(_as_bytes(canonical)).hexdigest()
+        key = hashlib.sha256(as_bytes(canonical)).hexdigest()
     return [Record(key=key, type="submission", values=values)]
 
 

@@ -12,7 +12,6 @@ Docs: https://www.jotform.com/help/245-how-to-setup-a-webhook-with-jotform/
 
 from __future__ import annotations
 
-import hmac
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from webhooks.sources.base import (
     MalformedBody,
     Record,
     SourceOptions,
-    Unauthenticated,
+    check_token,
     load_json,
     scalar,
 )
@@ -65,10 +64,6 @@ class Options(SourceOptions):
         return self
 
 
-def _as_bytes(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")
-
-
 def verify(
     request: InboundRequest, secrets: Sequence[str], options: Any, now: Callable[[], float]
 ) -> None:
@@ -82,16 +77,7 @@ def verify(
         )
         if value
     ]
-    if not given:
-        raise Unauthenticated("missing the source's token", error="missing_token")
-    if not secrets:
-        raise Unauthenticated("the source has no secret configured", error="invalid_token")
-    if not any(
-        hmac.compare_digest(_as_bytes(value), _as_bytes(secret))
-        for value in given
-        for secret in secrets
-    ):
-        raise Unauthenticated("the token does not match", error="invalid_token")
+    check_token(given, secrets, missing="missing the source's token")
 
 
 def flatten(prefix: str, value: Any, into: dict[str, Any], depth: int = 0) -> None:

@@ -21,7 +21,6 @@ Docs: https://mailchimp.com/developer/marketing/guides/sync-audience-data-webhoo
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,7 +32,7 @@ from webhooks.sources.base import (
     MalformedBody,
     Record,
     SourceOptions,
-    Unauthenticated,
+    check_token,
 )
 
 KIND = "mailchimp"
@@ -71,22 +70,13 @@ def may_untag(options: Options) -> bool:
     return True
 
 
-def _as_bytes(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")
-
-
 def verify(
     request: InboundRequest, secrets: Sequence[str], options: Any, now: Callable[[], float]
 ) -> None:
     """Check the query's token against any of ``secrets``."""
     param = options.token_param if isinstance(options, Options) else Options().token_param
     given = request.query.get(param)
-    if not given:
-        raise Unauthenticated(f"missing the {param!r} query parameter", error="missing_token")
-    if not secrets:
-        raise Unauthenticated("the source has no secret configured", error="invalid_token")
-    if not any(hmac.compare_digest(_as_bytes(given), _as_bytes(s)) for s in secrets):
-        raise Unauthenticated("the token does not match", error="invalid_token")
+    check_token([given] if given else [], secrets, missing=f"missing the {param!r} query parameter")
 
 
 def key_path(name: str) -> str:
