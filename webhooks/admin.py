@@ -30,6 +30,8 @@ from worker.runtime import Runtime
 
 MAX_PAGE = 500
 _LIST_PARAMS = (*FILTER_KEYS, "limit", "offset")
+_MAX_SQL_INT = 2**63 - 1
+"""Command ids and offsets are 64-bit integers in the ledger; larger ones fail in SQL."""
 T = TypeVar("T")
 
 
@@ -49,6 +51,12 @@ def admin_blueprint(runtime: Runtime) -> Blueprint:
         if not hmac.compare_digest(given.strip().encode(), expected):
             raise _unauthorized("the admin token is not valid", invalid=True)
 
+    @admin.before_request
+    def _within_sql_integers() -> None:  # ids past a 64-bit SQL integer name nothing
+        command_id = (request.view_args or {}).get("command_id", 0)
+        if command_id > _MAX_SQL_INT:
+            raise _no_such(command_id)
+
     @admin.get("/dead-letters")
     def list_dead_letters() -> Response:
         args = request.args
@@ -58,7 +66,7 @@ def admin_blueprint(runtime: Runtime) -> Blueprint:
         given = {key: args[key] for key in FILTER_KEYS if args.get(key)}
         chosen = _refusing(lambda: filter_from(given))
         limit = _int_param("limit", 50, 1, MAX_PAGE)
-        offset = _int_param("offset", 0, 0, None)
+        offset = _int_param("offset", 0, 0, _MAX_SQL_INT)
         engine = runtime.ledger.engine
         items = list_dead(engine, chosen, limit=limit, offset=offset)
         return jsonify(

@@ -8,7 +8,10 @@ from flask import Flask, Response, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhooks.admin import admin_blueprint
+from webhooks.dashboard import dashboard_blueprint
 from webhooks.errors import install_error_handlers
+from webhooks.metrics import metrics_blueprint
+from webhooks.openapi import openapi_blueprint
 from webhooks.receiver import Receiver, receiver_blueprint
 from worker.ledger.db import ping
 from worker.runtime import Runtime
@@ -27,8 +30,11 @@ def create_app(runtime: Runtime) -> Flask:
     app.extensions["contactsync"] = runtime
     install_error_handlers(app)
     app.register_blueprint(receiver_blueprint(receiver))
+    app.register_blueprint(metrics_blueprint(runtime, receiver.sources))  # GET /metrics
+    app.register_blueprint(openapi_blueprint())
     if runtime.config.admin.token is not None:  # no token, no admin API (404)
         app.register_blueprint(admin_blueprint(runtime))
+        app.register_blueprint(dashboard_blueprint(runtime))  # the page at /admin/
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -60,7 +60,8 @@ def install_error_handlers(app: Flask) -> None:
     def _http(error: HTTPException) -> Response:
         code = error.code or 500
         name = (error.name or "error").lower().replace(" ", "_")
-        return Refusal(code, name, error.description or name).response()
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}  # Allow
+        return Refusal(code, name, error.description or name, headers=headers).response()
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

@@ -18,9 +18,11 @@ from typing import Any
 
 from celery import Celery
 from flask import Blueprint, Response, jsonify, request
+from sqlalchemy.exc import DataError
 
 from webhooks.errors import Refusal
 from webhooks.mapping import SourceMapping, to_commands
+from webhooks.metrics import note_recorded
 from webhooks.signing import SignatureError, WebhookSecret, verify
 from webhooks.sources import module_for
 from webhooks.sources.base import InboundRequest, SourceModule, SourceRefusal
@@ -35,6 +37,7 @@ from worker.submit import BackgroundPublisher, record_and_publish
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
+_ALLOW = {"Allow": "POST"}  # RFC 9110: a 405 names the methods that are allowed
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,15 @@ class Receiver:
                 "the event could not be recorded; nothing was kept, send it again later",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from None
+        except DataError as error:  # the database refuses a value itself: resending cannot help
+            log.warning("ledger refused a value, answering 422: %s", str(error.orig)[:200])
+            raise Refusal(
+                422,
+                "unstorable_value",
+                "a value cannot be stored (a NUL character, or longer than the ledger keeps); "
+                "nothing was recorded",
+            ) from None
+        note_recorded(recorded)  # counted by outcome when the answer goes out
         for item in recorded:
             log.info(
                 "event %s %s, commands %s",
@@ -251,7 +263,7 @@ def receiver_blueprint(receiver: Receiver) -> Blueprint:
         # Some vendors (Mailchimp) check a webhook URL with a GET before using it.
         found = receiver.source(source)
         if not getattr(found.module, "ANSWERS_GET", False):
-            raise Refusal(405, "method_not_allowed", "this source takes POST only")
+            raise Refusal(405, "method_not_allowed", "this source takes POST only", headers=_ALLOW)
         return jsonify({"status": "ok", "source": source}), 200
 
     return blueprint

@@ -71,11 +71,13 @@ def filter_from(
     text: dict[str, str | None] = {}
     for key in ("channel", "reason", "source"):
         value = values.get(key)
-        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 100):
+        if key in values and (not isinstance(value, str) or not 0 < len(value) <= 100):
             raise SelectionError(f"{prefix}{key}", "must be a non-empty string of 100 at most")
+        if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise SelectionError(f"{prefix}{key}", "must not contain a NUL character")
         text[key] = value
     since = values.get("since")
-    if since is not None:
+    if "since" in values:  # null too: a filter of nulls must not select everything
         since = _since(since, f"{prefix}since", now)
     return DeadLetterFilter(
         channel=text["channel"], reason=text["reason"], source=text["source"], since=since, ids=ids
@@ -102,7 +104,7 @@ def parse_ids(value: Any, param: str = "ids") -> list[int]:
     if len(value) > MAX_IDS:
         raise SelectionError(param, f"at most {MAX_IDS} ids; select more with a filter")
     for item in value:
-        if not isinstance(item, int) or isinstance(item, bool) or item < 1:
+        if not isinstance(item, int) or isinstance(item, bool) or not 1 <= item < 2**63:
             raise SelectionError(param, f"{item!r} is not a dead letter id (a positive integer)")
     return list(value)
 
