@@ -109,8 +109,8 @@ def to_commands(
     if channel is None or channel not in channels:
         raise InvalidRecord("no channel for this record: set the source's channel", field=where)
     tags = [*mapping.tags, *record.tags, *_tags_from(values, mapping.tags_from)]
-    contact = ContactRef(match_field=mapping.match, match_value=limits.wire_value(match_value))
     try:
+        contact = ContactRef(match_field=mapping.match, match_value=limits.wire_value(match_value))
         if record.action == "upsert":
             command = make_command(
                 "upsert",

@@ -20,6 +20,8 @@ COMMAND_KINDS: tuple[CommandKind, ...] = ("upsert", "tag", "untag")
 MAX_FIELDS_PER_COMMAND = 200
 MAX_TAGS_PER_COMMAND = 100
 MAX_VALUE_CHARS = 4096
+MAX_MATCH_CHARS = 500
+"""A match value names the contact in the ledger's keys: it is kept shorter than a field."""
 
 Scalar = str | int | float | bool | None
 
@@ -50,6 +52,12 @@ class ContactRef:
             raise CommandError("contact", "name the contact by contact_id or by match, not both")
         if by_match and (not self.match_field or self.match_value in (None, "")):
             raise CommandError("match", "needs a field and a non-empty value")
+        if by_match and len(str(self.match_value)) > MAX_MATCH_CHARS:
+            raise CommandError(
+                f"match.{self.match_field}", f"longer than {MAX_MATCH_CHARS} characters"
+            )
+        if self.contact_id is not None and len(str(self.contact_id)) > 200:
+            raise CommandError("contact_id", "longer than 200 characters")
 
     @property
     def key(self) -> str:

@@ -342,8 +342,8 @@ def row_event(number: int, cells: Sequence[str], spec: ImportSpec) -> NewEvent:
         raise RowError(
             number, columns.match_column, f"empty: it holds the match field {columns.match!r}"
         )
-    contact = ContactRef(match_field=columns.match, match_value=match_value)
     try:
+        contact = ContactRef(match_field=columns.match, match_value=match_value)
         command = make_command(
             "upsert",
             spec.channel,

@@ -24,7 +24,7 @@ from typing import Any
 
 from webhooks.sources.base import InvalidRecord, MalformedBody, load_json
 from worker.commands import (
-    MAX_VALUE_CHARS,
+    MAX_MATCH_CHARS,
     Command,
     CommandError,
     ContactRef,
@@ -229,8 +229,8 @@ def _contact(element: dict[str, Any], fail: _Fail) -> ContactRef:
     text = limits.wire_value(value)
     if not text.strip():
         raise fail(where, "must not be empty")
-    if len(text) > MAX_VALUE_CHARS:
-        raise fail(where, f"longer than {MAX_VALUE_CHARS} characters")
+    if len(text) > MAX_MATCH_CHARS:
+        raise fail(where, f"longer than {MAX_MATCH_CHARS} characters")
     return ContactRef(match_field=name, match_value=text)
 
 
