@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from worker import merge
 from worker.contacts_api import ContactsClient, NotFound, PermanentError
-from worker.contacts_api.errors import ContactsApiError
+from worker.contacts_api.errors import ContactsApiError, TransientError
 from worker.ledger import Claimed, Ledger
 
 
@@ -29,6 +29,9 @@ class Progress:
     """What an attempt learnt before it ended, kept when it fails so a retry can skip it."""
 
     contact_id: str | None = None
+    create_uncertain: bool = False
+    """A create failed in a way that leaves open whether the API applied it (a timeout, a
+    dropped connection, a 5xx): the next attempt must wait before it looks up again."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,9 @@ def _apply(work: Work, client: ContactsClient, progress: Progress) -> str:
             contact_id = client.create({head.match_field: head.match_value, **plan.fields})
         except ContactsApiError as error:
             progress.contact_id = error.created_contact_id
+            progress.create_uncertain = (
+                isinstance(error, TransientError) and error.created_contact_id is None
+            )
             raise
         progress.contact_id = contact_id
         plan = merge.trim_to_known(merge.Plan({}, plan.tags, True), [])

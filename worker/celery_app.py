@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Celery
 
+from worker import embedded_broker
 from worker.config import Settings
 
 TASK_FOR_KIND = {
@@ -41,6 +42,7 @@ def embedded_broker_options(data_dir: Path) -> dict[str, Any]:
 
 def create_celery(settings: Settings, *, reconcile_every_s: float = 5.0) -> Celery:
     """Build the Celery app for these settings, with the tasks registered."""
+    embedded_broker.register()
     app = Celery("contactsync", broker=settings.broker(), set_as_current=True)
     conf: dict[str, Any] = {
         "task_acks_late": True,
@@ -61,7 +63,7 @@ def create_celery(settings: Settings, *, reconcile_every_s: float = 5.0) -> Cele
         "beat_scheduler": "celery.beat:Scheduler",
         "timezone": "UTC",
     }
-    if settings.broker().startswith("filesystem://"):
+    if settings.broker().startswith(("filesystem://", f"{embedded_broker.SCHEME}://")):
         conf["broker_transport_options"] = embedded_broker_options(settings.data_dir)
         conf["worker_enable_remote_control"] = False
     elif settings.broker().startswith("redis"):

@@ -316,7 +316,7 @@ class Settings(BaseSettings):
 
     def broker(self) -> str:
         """The Celery broker URL: the configured one, else the embedded one."""
-        return self.broker_url or "filesystem://"
+        return self.broker_url or "contactsync-fs://"
 
     def load(self, *, require_secrets: bool = True) -> AppConfig:
         """The YAML config this process runs with (with ``api_base_url`` applied)."""

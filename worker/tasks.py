@@ -88,11 +88,15 @@ def _run_group(runtime: Runtime, group: list[Claimed]) -> str:
     context = {"command_id": head.id, "event_id": head.event_id, "channel": head.channel}
     work = prepare(group, ledger)
     limit = channel_limit(runtime, head.channel)
+    estimate = work.estimate_calls()
     if head.slots and head.slots_epoch is not None:
-        # Held from an earlier claim; further calls, if any, reserve as they go.
-        starts, epoch = head.slots, head.slots_epoch
+        # Held from an earlier claim: keep them, and reserve the rest of the pass behind.
+        more = runtime.limiter.reserve(head.channel, max(estimate - len(head.slots), 0), limit)
+        voided = more.epoch != head.slots_epoch  # a pause since: the held starts are void
+        starts = more.starts if voided else [*head.slots, *more.starts]
+        epoch = more.epoch
     else:
-        reservation = runtime.limiter.reserve(head.channel, work.estimate_calls(), limit)
+        reservation = runtime.limiter.reserve(head.channel, estimate, limit)
         starts, epoch = reservation.starts, reservation.epoch
     pacer = Pacer(
         runtime.limiter,
@@ -104,7 +108,14 @@ def _run_group(runtime: Runtime, group: list[Claimed]) -> str:
         tolerance_s=limit.margin_s / 2,
     )
     client = runtime.client(head.channel)
-    client.before_call = _keeping_the_lease(runtime, group, pacer)
+    keep_lease = _lease_keeper(runtime, group)
+    pacer.keepalive = keep_lease
+
+    def before_call() -> None:
+        keep_lease()
+        pacer()
+
+    client.before_call = before_call
     metrics.watch(client, head.channel)  # counts every answer by status
     progress = Progress()
     refused = False
@@ -164,20 +175,20 @@ class LeaseLost(Exception):
     """The reconciler gave the commands to another worker while this one was slow."""
 
 
-def _keeping_the_lease(runtime: Runtime, group: list[Claimed], pacer: Pacer) -> Callable[[], None]:
-    """The client's ``before_call``: renew the lease when a third of it has gone (a slow
-    API must not let a second worker take the commands mid-pass), then pace the call."""
+def _lease_keeper(runtime: Runtime, group: list[Claimed]) -> Callable[[], None]:
+    """Renew the pass's lease when a third of it has gone (a slow API or a long wait for a
+    start must not let a second worker take the commands mid-pass); raise
+    :class:`LeaseLost` when it was lost anyway."""
     lease_s = runtime.config.worker.lease_s
     renewed = [time.monotonic()]
 
-    def before_call() -> None:
+    def keep() -> None:
         if time.monotonic() - renewed[0] > lease_s / 3:
             if not runtime.ledger.renew(group, lease_s=lease_s):
                 raise LeaseLost(f"command {group[0].id}: lease lost")
             renewed[0] = time.monotonic()
-        pacer()
 
-    return before_call
+    return keep
 
 
 def _note(runtime: Runtime, channel: str, calls: int, refused: bool, settled: int) -> None:
@@ -267,10 +278,16 @@ def _settle_failure(
     if isinstance(error, RateLimited):
         # The whole channel stops, not just this command: every worker on the token waits.
         runtime.limiter.pause(claimed.channel, decision.delay_s)
+    delay_s = decision.delay_s
+    if progress.create_uncertain:
+        # The API may still apply the create it did not answer: look again only once that
+        # would have happened, or the lookup misses it and the contact is created twice.
+        api = runtime.config.contacts_api
+        delay_s = max(delay_s, 3 * (api.connect_timeout_s + api.read_timeout_s))
     if decision.retry:
         ledger.reschedule(
             group,
-            not_before=now + decision.delay_s,
+            not_before=now + delay_s,
             spend_attempt=decision.spend_attempt,
             reason=decision.reason,
             status=error.status,

@@ -89,7 +89,7 @@ def test_status_shows_channels_dead_letters_and_workers(busy: SourceKit) -> None
     lines = result.output.splitlines()
     assert lines[0].startswith("contactsync status at ") and lines[0].endswith(" UTC")
     assert lines[1].split()[:2] == ["ledger", "ok"] and "ledger.sqlite3" in lines[1]
-    assert lines[2].split() == ["broker", "ok", "filesystem://"]
+    assert lines[2].split() == ["broker", "ok", "contactsync-fs://"]
 
     header = next(line for line in lines if line.startswith("CHANNEL"))
     assert header.split() == [

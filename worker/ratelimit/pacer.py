@@ -39,6 +39,8 @@ class Pacer:
         inline_max_s: float,
         tolerance_s: float,
         sleep: Callable[[float], None] = time.sleep,
+        keepalive: Callable[[], None] | None = None,
+        keepalive_every_s: float = 5.0,
     ) -> None:
         self.limiter = limiter
         self.channel = channel
@@ -48,17 +50,23 @@ class Pacer:
         self.inline_max_s = inline_max_s
         self.tolerance_s = tolerance_s
         self.sleep = sleep
+        self.keepalive = keepalive
+        self.keepalive_every_s = keepalive_every_s
         self.calls = 0
         self.waited_s = 0.0
 
     def __call__(self) -> None:
-        """Before a call: wait for its start, or raise :class:`Deferred`."""
+        """Before a call: wait for its start, or raise :class:`Deferred`.
+
+        Only a pass that has not called yet is deferred: once a call went out, the pass
+        waits for its next starts here (calling ``keepalive`` every few seconds), so that
+        what it already wrote is never written again by a pass starting over."""
         if self.starts:
             start = self.starts.pop(0)
         else:
             fresh = self.limiter.reserve(self.channel, 1, self.limit)
             start, self.epoch = fresh.starts[0], fresh.epoch
-        for _ in range(3):
+        while True:
             confirmed = self.limiter.confirm(
                 self.channel, start, self.epoch, self.limit, tolerance_s=self.tolerance_s
             )
@@ -69,14 +77,14 @@ class Pacer:
             if wait <= 0.005:
                 self.calls += 1
                 return
-            if wait > self.inline_max_s:
+            if self.calls == 0 and wait > self.inline_max_s:
                 self.starts.insert(0, start)
                 raise Deferred(start, now)
-            self.sleep(wait)
-            self.waited_s += wait
-        # Confirmed three times and still moved: a pause began meanwhile; let it go round.
-        self.starts.insert(0, start)
-        raise Deferred(start, now)
+            pause = min(wait, self.keepalive_every_s)
+            self.sleep(pause)
+            self.waited_s += pause
+            if self.keepalive is not None:
+                self.keepalive()
 
     def unused(self) -> list[float]:
         """Starts still held (reserved and not yet used)."""
