@@ -33,3 +33,15 @@ format: $(STAMP)
 
 clean:
 	rm -rf .contactsync .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench
+bench: $(STAMP) ## the rate limit under a backlog, 1, 2 and 4 workers (needs Redis + PostgreSQL, ~4 min)
+	$(BIN)/python -m ops.bench.ratelimit $(ARGS)
+
+.PHONY: bench-compare
+bench-compare: $(STAMP) ## contactsync against the obvious Celery implementation (needs Redis + PostgreSQL)
+	$(BIN)/python -m ops.bench.compare $(ARGS)
+
+.PHONY: chaos
+chaos: $(STAMP) ## every fault scenario at a longer size, on dedicated Redis/PostgreSQL/RabbitMQ (~25 min)
+	$(BIN)/python -m ops.chaos --scenario all --events 900 --seconds 90 $(ARGS)

@@ -1,0 +1,309 @@
+"""What the benchmarks share: the machine, throwaway services, the sandbox as a process,
+contactsync processes, signed posts to the receiver, and progress lines on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+import requests
+
+from webhooks.signing import WebhookSecret, sign
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_ADMIN = os.environ.get("CONTACTSYNC_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST = os.environ.get("CONTACTSYNC_BENCH_REDIS", "redis://127.0.0.1:6379")
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a benchmark's own source secret
+
+
+def say(message: str) -> None:
+    """A progress line on stderr (the table goes to stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "loadavg": load(),
+        "revision": revision(),
+    }
+
+
+def revision() -> str:
+    """The commit measured, and whether the product code differs from it (read-only git)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain", "--", "worker", "webhooks"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head} + {len(changed)} changed files" if changed else head
+
+
+def load() -> list[float]:
+    """The 1, 5 and 15 minute load averages (other work on the machine disturbs figures)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+# -- services -------------------------------------------------------------------------------
+
+
+@contextmanager
+def throwaway_postgres(prefix: str = "contactsync_bench") -> Iterator[str]:
+    """A fresh PostgreSQL database; yields its SQLAlchemy URL and drops it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0].split("://", 1)[1]
+    try:
+        yield f"postgresql+psycopg://{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def private_redis(folder: Path) -> Iterator[str]:
+    """A ``redis-server`` of our own on a free port, no persistence; yields its URL.
+
+    The shared Redis is not safe for a benchmark: each test session takes a random
+    database number from 1 to 15 and flushes it at its start and end, and its workers
+    consume whatever that database's queues hold."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+            "--logfile",
+            str(folder / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start; see {folder}") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        client.close()
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def flush_redis(url: str) -> int:
+    """Empty a Redis database; returns how many keys it held."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        keys = int(client.dbsize())
+        client.flushdb()
+        return keys
+    finally:
+        client.close()
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+class Processes:
+    """``contactsync`` subcommands started by a benchmark, each logging to its own file."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.folder = folder
+        self.env = env
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, label: str, *args: str) -> subprocess.Popen[bytes]:
+        """Start ``contactsync ARGS`` (known as ``label``)."""
+        with (self.folder / f"{label}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "webhooks.cli", *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        self.running[label] = process
+        return process
+
+    def exited(self) -> list[str]:
+        """Labels of processes that stopped on their own."""
+        return [label for label, p in self.running.items() if p.poll() is not None]
+
+    def stop(self) -> None:
+        """Stop every process started here (SIGTERM, then SIGKILL after 20 s)."""
+        for process in self.running.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.running.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.running.clear()
+
+
+class SandboxProcess:
+    """``contactsync sandbox`` on a free port, with its demo channels, driven over HTTP."""
+
+    def __init__(self, rate: tuple[int, float], log_path: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        self.log_path = log_path
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "webhooks.cli",
+                "sandbox",
+                "--port",
+                "0",
+                "--rate",
+                f"{rate[0]}/{rate[1]:g}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log_path.open("ab"),
+            cwd=ROOT,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode()  # "Contacts API sandbox on URL/api/v1 - …"
+        if " on " not in line:
+            self.stop()
+            raise RuntimeError(f"the sandbox did not start: {line!r}; see {log_path}")
+        self.api_url = line.split(" on ", 1)[1].split()[0]
+        self.url = self.api_url.rsplit("/api/", 1)[0]
+        self.http = requests.Session()
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A request to ``/_sandbox/PATH``; returns the JSON answer."""
+        response = self.http.request(method, f"{self.url}/_sandbox/{path}", timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def reset(self) -> None:
+        """Back to the starting state: empty windows, log and contacts."""
+        self.admin("POST", "reset")
+
+    def seed(self, channel: str, count: int) -> list[str]:
+        """``count`` contacts created directly (not API calls); returns their ids."""
+        return [
+            self.admin(
+                "POST",
+                f"contacts?channel={channel}",
+                data=json.dumps({"custom_fields": {"email": f"bench{i}@example.com"}}),
+            )["data"]["id"]
+            for i in range(count)
+        ]
+
+    def log(self) -> dict[str, Any]:
+        """The call log summary."""
+        return dict(self.admin("GET", "log"))
+
+    def calls(self, channel: str) -> list[dict[str, Any]]:
+        """A channel's accepted calls (``at`` is the machine's monotonic clock)."""
+        return list(self.admin("GET", f"calls?channel={channel}")["calls"])
+
+    def stop(self) -> None:
+        """Stop the sandbox process."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+# -- traffic --------------------------------------------------------------------------------
+
+
+def signed_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    """Standard Webhooks headers for ``body``, signed now."""
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    timestamp = int(time.time())
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(WebhookSecret.parse(secret), msg_id, timestamp, body),
+    }
+
+
+def every(seconds: float) -> Callable[[], bool]:
+    """True on the first call and then at most once every ``seconds``."""
+    last = [float("-inf")]
+
+    def due() -> bool:
+        now = time.monotonic()
+        if now - last[0] >= seconds:
+            last[0] = now
+            return True
+        return False
+
+    return due
