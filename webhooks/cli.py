@@ -156,7 +156,14 @@ def web(host: str, port: int, workers: int, threads: int) -> None:
 
 
 @main.command()
-@click.option("--concurrency", "-c", default=4, show_default=True, type=int)
+@click.option(
+    "--concurrency",
+    "-c",
+    default=16,
+    show_default=True,
+    type=int,
+    help="Threads: most wait for a rate-limit start, so many are cheap.",
+)
 @click.option(
     "--pool",
     default="threads",

@@ -28,7 +28,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 _PG_MIGRATION_LOCK = 0x636F6E74  # "cont": the advisory lock id for migrations
 
 
-def connect(url: str, *, pool_size: int = 5) -> Engine:
+def connect(url: str, *, pool_size: int = 10) -> Engine:
     """An engine for the ledger at ``url``, tuned for its backend."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
