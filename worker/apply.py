@@ -10,7 +10,7 @@ set; a tag or untag of one is "no such contact".
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from worker import merge
 from worker.contacts_api import ContactsClient, NotFound, PermanentError
@@ -29,6 +29,9 @@ class Progress:
     """What an attempt learnt before it ended, kept when it fails so a retry can skip it."""
 
     contact_id: str | None = None
+    done: set[str] = field(default_factory=set)
+    """Steps applied in this pass or an interrupted earlier one: ``fields``, ``adds``,
+    ``removes`` (a create applies the fields)."""
     create_uncertain: bool = False
     """A create failed in a way that leaves open whether the API applied it (a timeout, a
     dropped connection, a 5xx): the next attempt must wait before it looks up again."""
@@ -116,13 +119,17 @@ def _apply(work: Work, client: ContactsClient, progress: Progress) -> str:
             )
             raise
         progress.contact_id = contact_id
+        progress.done.add("fields")
         plan = merge.trim_to_known(merge.Plan({}, plan.tags, True), [])
     else:
         plan = merge.trim_to_known(plan, known_tags)
-        if plan.fields:
+        if plan.fields and "fields" not in progress.done:
             client.update(contact_id, plan.fields)
-    if plan.adds:
+            progress.done.add("fields")
+    if plan.adds and "adds" not in progress.done:
         client.add_tags(contact_id, plan.adds)
-    if plan.removes:
+        progress.done.add("adds")
+    if plan.removes and "removes" not in progress.done:
         client.remove_tags(contact_id, plan.removes)
+        progress.done.add("removes")
     return contact_id

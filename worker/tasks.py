@@ -71,7 +71,11 @@ def run_command(command_id: int, runtime: Runtime | None = None) -> str:
         ledger.kill(head, reason="unknown_channel", error=f"no channel {head.channel!r}")
         metrics.dead_letter(head.channel, "unknown_channel")
         return "dead"
-    group = [head, *ledger.claim_followers(head, merge.mergeable, lease_s=lease_s)]
+    # A pass interrupted by a far start resumes alone: what it applied is recorded against
+    # its own group, which did not include commands that arrived since.
+    resuming = bool(head.done_steps)
+    followers = [] if resuming else ledger.claim_followers(head, merge.mergeable, lease_s=lease_s)
+    group = [head, *followers]
     with log_context(command_id=head.id, event_id=head.event_id, channel=head.channel):
         outcome = _run_group(runtime, group)
         if outcome == "retry_alone":
@@ -117,7 +121,7 @@ def _run_group(runtime: Runtime, group: list[Claimed]) -> str:
 
     client.before_call = before_call
     metrics.watch(client, head.channel)  # counts every answer by status
-    progress = Progress()
+    progress = Progress(contact_id=None, done=set(head.done_steps))
     refused = False
     outcome = "unsettled"
     try:
@@ -235,6 +239,7 @@ def _defer(
             contact_id=progress.contact_id,
             slots=pacer.unused(),
             slots_epoch=pacer.epoch,
+            done_steps=sorted(progress.done),
             published_at=deliver_at,
             rate_limited_since=claimed.rate_limited_since,
         )
@@ -249,6 +254,7 @@ def _defer(
             contact_id=progress.contact_id,
             slots=pacer.unused(),
             slots_epoch=pacer.epoch,
+            done_steps=sorted(progress.done),
             rate_limited_since=claimed.rate_limited_since,
         )
     return "deferred"

@@ -166,3 +166,32 @@ def test_a_slow_pass_keeps_its_lease(kit: SourceKit) -> None:
     assert kit.runtime.ledger.reclaim_expired(max_attempts=5) == []
     worker.join()
     assert outcome == ["done"]
+
+
+def test_a_pass_stopped_by_a_far_start_resumes_where_it_stopped(kit: SourceKit) -> None:
+    import time
+
+    from worker.config import RateLimit
+
+    channel = kit.runtime.config.channels["main"]
+    slow = channel.model_copy(update={"rate_limit": RateLimit(calls=2, period_s=3.0)})
+    kit.runtime.config = kit.runtime.config.model_copy(
+        update={"channels": {**kit.runtime.config.channels, "main": slow}}
+    )
+    kit.sandbox.state.create_contact("main", {"email": "ann@example.com"}, [])
+    (command_id,) = record(
+        kit, make_command("upsert", "main", ANN, fields={"lastName": "Lee"}, tags=["vip"])
+    )
+    # Two calls fit this window (the lookup and the update); the third waits 3 s: the pass
+    # is deferred with what it applied recorded, and resumes from there.
+    outcomes: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        outcomes.append(run_command(command_id, kit.runtime))
+        if outcomes[-1] == "done":
+            break
+        time.sleep(0.5)
+    assert outcomes[-1] == "done" and "deferred" in outcomes
+    assert [method for method, _ in calls(kit)] == ["GET", "PUT", "POST"]  # nothing twice
+    contact = kit.contact("email", "ann@example.com")
+    assert contact["custom_fields"]["lastName"] == "Lee" and contact["tags"] == ["vip"]

@@ -58,9 +58,9 @@ class Pacer:
     def __call__(self) -> None:
         """Before a call: wait for its start, or raise :class:`Deferred`.
 
-        Only a pass that has not called yet is deferred: once a call went out, the pass
-        waits for its next starts here (calling ``keepalive`` every few seconds), so that
-        what it already wrote is never written again by a pass starting over."""
+        A far start defers the pass (what it already applied is recorded, so the pass
+        resumes where it stopped); a near one is waited for here, calling ``keepalive``
+        every few seconds."""
         if self.starts:
             start = self.starts.pop(0)
         else:
@@ -77,7 +77,7 @@ class Pacer:
             if wait <= 0.005:
                 self.calls += 1
                 return
-            if self.calls == 0 and wait > self.inline_max_s:
+            if wait > self.inline_max_s:
                 self.starts.insert(0, start)
                 raise Deferred(start, now)
             pause = min(wait, self.keepalive_every_s)
