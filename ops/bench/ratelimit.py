@@ -1,14 +1,15 @@
 """The rate limit under a backlog: 1, 2 and 4 worker processes on Redis + PostgreSQL.
 
-For each worker count: a fresh ledger database and Redis database, the sandbox reset and
+For each worker count: a fresh ledger database and an empty broker, the sandbox reset and
 seeded with ``--events`` contacts, then ``--events`` ``contact.tag`` events addressed by
 ``contact_id`` (exactly one API call each) posted to the receiver, all before any worker
-runs. Then N ``contactsync worker`` processes and one ``contactsync beat`` start, and the
-benchmark waits until every command is settled in the ledger. The sandbox's log of accepted
-calls is the judge of the limit; definitions are in docs/benchmarks.md.
+runs (``--warm``: after the workers are ready). Then N ``contactsync worker`` processes and
+one ``contactsync beat`` start, and the benchmark waits until every command is settled in
+the ledger. The sandbox's log of accepted calls is the judge of the limit; definitions and
+figures are in docs/benchmarks.md.
 
     python -m ops.bench.ratelimit [--workers 1,2,4] [--calls 60 --period 6] [--events 600]
-                                  [--json out.json]
+                                  [--concurrency 4] [--json out.json]
 
 The sandbox runs as its own ``contactsync sandbox`` process, as the real API is another
 machine: its admission timestamps are then not disturbed by this process's GIL (polling
@@ -96,6 +97,11 @@ class Result:
     step_s: float | None
     """Mean time from each call to the one ``limit`` places later: the period the limiter
     kept in practice (ideal: the period; by design: period + margin)."""
+    min_step_s: float | None = None
+    """The smallest ``t[i] - t[i - limit]``: never below the period (the sandbox refuses
+    the call instead); how far above it says how much of the margin jitter left."""
+    times: list[float] = field(default_factory=list)
+    """Accepted calls, seconds from the first (JSON only)."""
     diagnosis: dict[str, Any] | None = None
     """With ``--diagnose``: see :func:`diagnose`."""
     load_before: list[float] = field(default_factory=list)
@@ -290,6 +296,11 @@ def run_one(
         windows=windows(times, args.period),
         burst_s=times[min(args.calls, len(times)) - 1] - times[0] if times else 0.0,
         step_s=step(times, args.calls),
+        min_step_s=min(
+            (times[i] - times[i - args.calls] for i in range(args.calls, len(times))),
+            default=None,
+        ),
+        times=[round(at - times[0], 4) for at in times],
         load_before=load_before,
         load_after=load_after,
         diagnosis=diagnose(sorted(folder.glob(f"{label}-worker*.log"))) if args.diagnose else None,
@@ -370,6 +381,7 @@ COLUMNS = (
     ("span s", 6),
     ("burst s", 7),
     ("step s", 6),
+    ("min step", 8),
     ("load", 9),
 )
 
@@ -411,6 +423,7 @@ def row(result: Result) -> str:
         number(result.span_s, 1),
         number(result.burst_s, 2),
         number(result.step_s, 3),
+        number(result.min_step_s, 3),
         "/".join(f"{x:.1f}" for x in (result.load_before[:1] + result.load_after[:1])),
     )
     return "  ".join(cell.rjust(width) for cell, (_, width) in zip(cells, COLUMNS, strict=True))

@@ -44,7 +44,7 @@ def connect(url: str, *, pool_size: int = 10) -> Engine:
     return create_engine(
         parsed,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size // 2,
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {},

@@ -68,7 +68,10 @@ class SqlLimiter:
             )
         return time.time()  # SQLite lives on one machine: its clock is this one
 
-    def _lock(self, connection: Connection, channel: str, now: float) -> _Row:
+    def _lock(self, connection: Connection, channel: str) -> tuple[_Row, float]:
+        """Lock the channel's row, then read the clock: a reading taken before waiting for
+        the lock would be stale by the wait (tens of ms when many workers confirm at a
+        period's edge), and a late start would pass for a timely one."""
         query = (
             select(channels.c.schedule, channels.c.paused_until, channels.c.epoch)
             .where(channels.c.name == channel)
@@ -78,11 +81,12 @@ class SqlLimiter:
         if row is None:
             connection.execute(
                 self._insert(channels)
-                .values(name=channel, schedule=[], paused_until=0.0, epoch=0, updated_at=now)
+                .values(name=channel, schedule=[], paused_until=0.0, epoch=0, updated_at=0.0)
                 .on_conflict_do_nothing(index_elements=["name"])
             )
             row = connection.execute(query).one()
-        return _Row([float(t) for t in row[0] or []], float(row[1]), int(row[2]))
+        locked = _Row([float(t) for t in row[0] or []], float(row[1]), int(row[2]))
+        return locked, self._now(connection)
 
     def _save(self, connection: Connection, channel: str, now: float, **values: Any) -> None:
         connection.execute(
@@ -97,8 +101,7 @@ class SqlLimiter:
     def reserve(self, channel: str, n: int, limit: Limit) -> Reservation:
         """Reserve ``n`` starts."""
         with self.engine.begin() as connection:
-            now = self._now(connection)
-            row = self._lock(connection, channel, now)
+            row, now = self._lock(connection, channel)
             starts, kept = schedule.reserve(
                 row.schedule, n, now=now, limit=limit, paused_until=row.paused_until
             )
@@ -112,8 +115,7 @@ class SqlLimiter:
         a pause, not missed by more than ``tolerance_s``. Returns it, or a new start that
         replaces it."""
         with self.engine.begin() as connection:
-            now = self._now(connection)
-            row = self._lock(connection, channel, now)
+            row, now = self._lock(connection, channel)
             if epoch == row.epoch and start >= row.paused_until and now <= start + tolerance_s:
                 return Reservation([start], row.epoch, now)
             planned = (
@@ -130,8 +132,7 @@ class SqlLimiter:
         if not starts:
             return
         with self.engine.begin() as connection:
-            now = self._now(connection)
-            row = self._lock(connection, channel, now)
+            row, now = self._lock(connection, channel)
             if row.epoch == epoch:
                 kept = schedule.release(row.schedule, starts)
                 self._save(connection, channel, now, schedule=kept)
@@ -142,8 +143,7 @@ class SqlLimiter:
         Reserved future starts are dropped and the epoch moves on: their holders find them
         void when they confirm, and take new ones after the pause."""
         with self.engine.begin() as connection:
-            now = self._now(connection)
-            row = self._lock(connection, channel, now)
+            row, now = self._lock(connection, channel)
             until = max(row.paused_until, now + seconds)
             past = [start for start in row.schedule if start < now]
             self._save(
@@ -154,8 +154,7 @@ class SqlLimiter:
     def flag_bad_token(self, channel: str, detail: str) -> None:
         """Note that the API refused the channel's token (401)."""
         with self.engine.begin() as connection:
-            now = self._now(connection)
-            self._lock(connection, channel, now)
+            _, now = self._lock(connection, channel)
             self._save(connection, channel, now, bad_token_at=now, bad_token_detail=detail[:500])
 
     def clear_bad_token(self, channel: str) -> None:
