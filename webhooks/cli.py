@@ -334,7 +334,8 @@ def up(with_sandbox: bool, port: int, sandbox_port: int, concurrency: int) -> No
             return False
 
     def announce() -> None:
-        me = "contactsync"
+        # The path this was started by (.venv/bin/contactsync under make), so it can be pasted.
+        me = sys.argv[0] if Path(sys.argv[0]).name == "contactsync" else "contactsync"
         click.echo(f"\ncontactsync is up: receiver {receiver}  (data in {settings.data_dir})")
         click.echo("Send a first signed event:")
         click.echo(f"  {me} --config {settings.config} send --source {source} examples/event.json")
