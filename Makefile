@@ -42,6 +42,10 @@ bench: $(STAMP) ## the rate limit under a backlog, 1, 2 and 4 workers (needs Red
 bench-compare: $(STAMP) ## contactsync against the obvious Celery implementation (needs Redis + PostgreSQL)
 	$(BIN)/python -m ops.bench.compare $(ARGS)
 
+.PHONY: bench-ingest
+bench-ingest: $(STAMP) ## ingest speed: the receiver under gunicorn against a naive task.delay route, and a worker's CPU per command (needs Redis + PostgreSQL + wrk, ~5 min)
+	$(BIN)/python -m ops.bench.ingest $(ARGS)
+
 .PHONY: chaos
 chaos: $(STAMP) ## every fault scenario at a longer size, on dedicated Redis/PostgreSQL/RabbitMQ (~25 min)
 	$(BIN)/python -m ops.chaos --scenario all --events 900 --seconds 90 $(ARGS)
