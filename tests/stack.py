@@ -120,7 +120,7 @@ class Stack:
         engine = connect(self.settings.ledger_url())
         migrate(engine)
         with engine.begin() as connection:
-            for table in ("commands", "contacts", "events", "channels"):
+            for table in ("outbox", "commands", "contacts", "events", "channels"):
                 connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
         engine.dispose()
         self.runtime = Runtime(self.settings, load_config(self.config_path))

@@ -6,6 +6,7 @@ them, so that the processes ``up`` starts inherit them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -193,6 +194,23 @@ def worker(concurrency: int, pool: str) -> None:
         f"contactsync-{os.getpid()}@{socket.gethostname()}",
     ]
     runtime.celery.worker_main(argv)
+
+
+@main.command()
+def relay() -> None:
+    """Publish recorded commands from the ledger's outbox (every worker runs a relay too)."""
+    import signal
+
+    from worker.relay import Relay
+
+    runtime = _runtime()
+    runtime.ledger  # noqa: B018 - migrate before relaying
+    relay = Relay(runtime)
+    signal.signal(signal.SIGTERM, lambda *_: relay.stop(timeout_s=0))
+    click.echo(f"relay: every {relay.every_s} s, batches of {relay.batch}; Ctrl-C stops it")
+    with contextlib.suppress(KeyboardInterrupt):
+        relay.run()
+    click.echo(f"relay: {relay.published} published")
 
 
 @main.command()

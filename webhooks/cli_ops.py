@@ -2,7 +2,7 @@
 see at a glance how channels, dead letters, workers, the ledger and the broker are doing.
 
 Thin shells: the import is :mod:`worker.importer` (rows become commands recorded through
-:func:`worker.submit.record_and_publish`, as webhooks are), the status reads
+:func:`worker.submit.record`, as webhooks are), the status reads
 :mod:`worker.stats` and :mod:`worker.deadletter`.
 """
 
@@ -23,6 +23,7 @@ import click
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from worker import submit
 from worker.commands import CommandError
 from worker.importer import (
     SOURCE,
@@ -39,7 +40,6 @@ from worker.importer import (
 )
 from worker.ledger.store import LedgerUnavailable, NewEvent, Recorded
 from worker.runtime import Runtime
-from worker.submit import record_and_publish
 
 SHOWN_ERRORS = 5
 """Invalid rows the import's summary lists (``--rejects FILE`` writes them all)."""
@@ -223,7 +223,7 @@ def import_command(
         return
 
     def record(batch: Sequence[NewEvent]) -> list[Recorded]:
-        return record_and_publish(runtime.ledger, runtime.celery, SOURCE, batch)
+        return submit.record(runtime.ledger, SOURCE, batch)
 
     report = ImportReport()
     outcome = "done"

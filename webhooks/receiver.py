@@ -3,9 +3,10 @@
 The order of checks is the order of the refusals a sender can fix: unknown source (404),
 too big (413), wrong content type (415), bad or stale signature (401), not the vendor's
 format (400), a record that cannot become a command (422). Only then are the events and
-their commands written to the ledger in one transaction; the answer is 202 once that
-commit is done (200 with ``"duplicate": true`` for keys already recorded), or 503 with
-``Retry-After`` when the ledger cannot be written, so the sender retries and nothing is lost.
+their commands written to the ledger in one transaction (with the outbox rows from which a
+worker's relay publishes them); the answer is 202 once that commit is done (200 with
+``"duplicate": true`` for keys already recorded), or 503 with ``Retry-After`` when the
+ledger cannot be written, so the sender retries and nothing is lost.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.exc import DataError
 
@@ -32,7 +32,7 @@ from worker.ledger import Ledger, LedgerUnavailable
 from worker.ledger.store import NewEvent, Recorded
 from worker.logs import log_context
 from worker.runtime import Runtime
-from worker.submit import BackgroundPublisher, record_and_publish
+from worker.submit import record
 
 log = logging.getLogger(__name__)
 
@@ -93,21 +93,19 @@ def build_source(name: str, spec: SourceConfig) -> Source:
 class Receiver:
     """Everything the webhook endpoint needs, built once at start-up."""
 
-    def __init__(self, config: AppConfig, ledger: Ledger, celery: Celery) -> None:
+    def __init__(self, config: AppConfig, ledger: Ledger) -> None:
         self.config = config
         self.ledger = ledger
-        self.celery = celery
         self.channels: Mapping[str, frozenset[str] | None] = {
             name: frozenset(channel.custom_fields) if channel.custom_fields else None
             for name, channel in config.channels.items()
         }
         self.sources = {name: build_source(name, spec) for name, spec in config.sources.items()}
-        self.publisher = BackgroundPublisher(celery)
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> Receiver:
         """Build on a process runtime."""
-        return cls(runtime.config, runtime.ledger, runtime.celery)
+        return cls(runtime.config, runtime.ledger)
 
     def largest_cap(self) -> int:
         """The largest body any source accepts."""
@@ -191,9 +189,7 @@ class Receiver:
 
     def _record(self, source: Source, batch: list[NewEvent]) -> list[Recorded]:
         try:
-            recorded = record_and_publish(
-                self.ledger, self.celery, source.name, batch, publisher=self.publisher
-            )
+            recorded = record(self.ledger, source.name, batch)
         except LedgerUnavailable as error:
             log.warning("ledger unavailable, answering 503: %s", error)
             raise Refusal(

@@ -69,7 +69,9 @@ def create_celery(settings: Settings, *, reconcile_every_s: float = 5.0) -> Cele
     elif settings.broker().startswith("redis"):
         conf["broker_transport_options"] = {"visibility_timeout": 3600}
     app.conf.update(conf)
-    # Importing the module registers the tasks on the current app.
+    # Importing the modules registers the tasks on the current app, and the relay that
+    # starts with each worker.
+    import worker.relay
     import worker.tasks  # noqa: F401
 
     return app

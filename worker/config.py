@@ -156,6 +156,11 @@ class WorkerConfig(_Strict):
     a longer wait lives in the ledger until the reconciler publishes it."""
     lead_s: NonNegativeFloat = 0.5
     """How early a deferred command is delivered before its start."""
+    relay_every_s: PositiveFloat = 0.05
+    """How often each worker's relay looks for recorded commands to publish (the outbox);
+    it looks again at once while it finds full batches."""
+    relay_batch: PositiveInt = 500
+    """The most outbox rows a relay publishes in one transaction."""
 
 
 class AppConfig(_Strict):

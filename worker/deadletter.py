@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Select, and_, delete, func, select, update
 
-from worker.ledger.schema import CommandState, commands, events
+from worker.ledger.schema import CommandState, commands, events, outbox
 from worker.ledger.store import Due
 from worker.runtime import Runtime
 from worker.submit import publish
@@ -252,6 +252,10 @@ def purge(engine: Engine, ids: Sequence[int]) -> int:
     with engine.begin() as connection:
         for chunk in _chunks(ids, BATCH_SIZE):
             dead = and_(commands.c.state == CommandState.DEAD, commands.c.id.in_(chunk))
+            # An outbox row not yet relayed goes with its command: SQLite hands a deleted
+            # command's id to the next new one, whose own outbox row would collide.
+            unsent = outbox.c.command_id.in_(select(commands.c.id).where(dead))
+            connection.execute(delete(outbox).where(unsent))
             deleted += connection.execute(delete(commands).where(dead)).rowcount
     return deleted
 

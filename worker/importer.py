@@ -409,7 +409,7 @@ class ImportReport:
 
 
 Record = Callable[[Sequence[NewEvent]], list[Recorded]]
-"""Records a batch of events in one transaction (``record_and_publish`` bound to a runtime)."""
+"""Records a batch of events in one transaction (``worker.submit.record`` bound to a runtime)."""
 OnInvalid = Callable[[int, Sequence[str], RowError], None]
 
 

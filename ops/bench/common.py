@@ -170,9 +170,11 @@ def flush_redis(url: str) -> int:
 class Processes:
     """``contactsync`` subcommands started by a benchmark, each logging to its own file."""
 
-    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+    def __init__(self, folder: Path, env: dict[str, str], *, cwd: Path = ROOT) -> None:
         self.folder = folder
         self.env = env
+        self.cwd = cwd
+        """Where they start: another source tree there (a git worktree) shadows ours."""
         self.running: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, label: str, *args: str) -> subprocess.Popen[bytes]:
@@ -183,7 +185,7 @@ class Processes:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=ROOT,
+                cwd=self.cwd,
             )
         self.running[label] = process
         return process

@@ -3,8 +3,10 @@ naive Flask route that only calls ``task.delay(payload)``; then a worker's CPU p
 
 Two servers run side by side with the same gunicorn settings (gthread, ``--workers`` x
 ``--threads``): ``contactsync web`` on a fresh PostgreSQL database and a Redis database,
-and :mod:`ops.bench.naive_app` on another Redis database of the same ``redis-server``. No
-Celery worker runs: messages accumulate in the broker, and only ingest is measured.
+with a ``contactsync relay`` process publishing what it records (the work a worker's relay
+does, measured apart), and :mod:`ops.bench.naive_app` on another Redis database of the
+same ``redis-server``. No Celery worker runs: messages accumulate in the broker, and only
+ingest is measured.
 
 Load comes from ``wrk`` (a separate process, ``--connections`` keep-alive connections)
 with a Lua script that sends pre-signed requests read from a file: every request is a
@@ -13,24 +15,29 @@ its phase starts, well inside the five-minute window), for ``--contacts`` distin
 contacts, so later events of a contact take the existing-contact path. The naive route is
 sent the same bytes (it ignores the headers). Phases alternate, naive then ours, for
 ``--rounds`` rounds of ``--seconds`` each after a warm-up of each; after a phase of ours
-the benchmark waits for its background publisher to catch up (the broker holds a message
-for every event in the ledger), so that its work does not spill into the next phase.
-``--before REVISION`` adds a third server, between the two: ours with the ledger class of
-``worker/ledger/store.py`` at that revision, to measure a change against its predecessor.
+the benchmark waits until the broker holds a message for every event in the ledger (the
+*publish lag*), so that publishing does not spill into the next phase.
+``--before REVISION`` adds a third server, between the two: the product as it was at that
+git revision (a git worktree, started from there so that its packages shadow ours; its own
+database and Redis database; with its relay if it has one). ``--relay-apart`` adds phases
+of ours with its relay stopped (SIGSTOP) while the load runs, publishing after it: the
+receiver alone on the machine, as when relays run in workers on other machines.
 
 Per phase: events/s (2xx answers ÷ duration), p50/p90/p99/max latency as wrk measures it
 (closed loop: each connection sends its next request when the answer came), errors
 (non-2xx answers, socket errors and timeouts), and CPU milliseconds per event of the
-gunicorn processes, of ours' PostgreSQL backends, and of ``redis-server``.
+gunicorn processes, of ours' PostgreSQL backends, of ``redis-server`` and of the relay.
 
 ``--worker-cost K`` then measures one ``contactsync worker`` process (threads pool) on a
 ``contactsync sandbox`` with no latency and a limit above the load: CPU time of the worker
 process per applied command, idle CPU subtracted, over K ``contact.upsert`` commands of new
-contacts, then K more of the same contacts, recorded first and published at once.
+contacts, then K more of the same contacts, recorded while the clock runs and published by
+the worker's own relay (its CPU counts).
 ``--profile`` also samples ours (an extra phase) and the worker with ``py-spy --gil``.
 
     python -m ops.bench.ingest [--workers 2 --threads 4] [--connections 16]
-                               [--seconds 15 --rounds 2] [--before REVISION] [--profile]
+                               [--seconds 15 --rounds 2] [--before REVISION]
+                               [--relay-apart] [--profile]
                                [--worker-cost 2000] [--json out.json]
 
 Needs PostgreSQL (``CONTACTSYNC_BENCH_PG``, default postgresql://postgres@127.0.0.1:5432/
@@ -54,7 +61,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,8 +185,10 @@ class Phase:
     """CPU of ours' PostgreSQL backends per 2xx answer, ms (ours only)."""
     cpu_redis_ms: float | None
     """CPU of ``redis-server`` per 2xx answer, ms (``None`` when it is shared)."""
+    cpu_relay_ms: float | None
+    """CPU of the ``contactsync relay`` process per 2xx answer, ms (servers with one)."""
     publish_lag_s: float | None
-    """Phase end → every accepted event's message in the broker (ours only)."""
+    """Phase end → every accepted event's message in the broker (contactsync servers)."""
     load: list[float] = field(default_factory=list)
     """The 1, 5 and 15 minute load averages when the phase started."""
 
@@ -249,15 +258,41 @@ def wait_http(url: str, process: subprocess.Popen[bytes], what: str, log: Path) 
 
 
 class Server:
-    """A gunicorn server under load: its URL and the processes whose CPU is its cost."""
+    """A gunicorn server under load: its URL, the processes whose CPU is its cost, and for
+    a contactsync server its ledger, its broker and the relay that publishes for it."""
 
-    def __init__(self, name: str, url: str, process: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        process: subprocess.Popen[bytes],
+        broker: redis.Redis,
+        database: Database | None = None,
+        relay: subprocess.Popen[bytes] | None = None,
+        *,
+        relay_apart: bool = False,
+    ) -> None:
         self.name = name
         self.url = url
         self.process = process
+        self.broker = broker
+        self.database = database
+        self.relay = relay
+        self.relay_apart = relay_apart
+        """The relay is stopped (SIGSTOP) while the load runs and publishes after it: the
+        receiver alone on the machine, as when relays run in workers on other machines."""
+
+    def apart(self, name: str) -> Server:
+        """This server, measured with its relay apart."""
+        return Server(
+            name, self.url, self.process, self.broker, self.database, self.relay, relay_apart=True
+        )
 
     def pids(self) -> list[int]:
         return [self.process.pid, *children(self.process.pid)]
+
+    def relay_pids(self) -> list[int]:
+        return [self.relay.pid] if self.relay is not None else []
 
 
 class Database:
@@ -386,6 +421,7 @@ def profiled(pids: Sequence[int], label: str, folder: Path) -> Iterator[list[Pat
 
 RECEIVER_PARTS = (
     ("publisher thread (Celery send_task)", "BackgroundPublisher._run"),
+    ("relay (outbox → Celery send_task)", "Relay.run"),
     ("ledger: pool checkout (with its ping)", "Engine.connect"),
     ("ledger: the statement", "Ledger.record"),
     ("signature + parsing", "Receiver._generic"),
@@ -549,77 +585,98 @@ def gunicorn(
 def start_servers(
     args: argparse.Namespace,
     folder: Path,
-    processes: Processes,
-    naive_broker: str,
-    before_store: Path | None,
+    stack: ExitStack,
+    redis_base: str,
 ) -> list[Server]:
-    """naive, (before,) ours: each its own gunicorn with the same workers and threads."""
-    port = free_port()
-    ours = processes.start(
-        "ours",
-        "web",
-        "--port",
-        str(port),
-        "--workers",
-        str(args.workers),
-        "--threads",
-        str(args.threads),
-    )
-    # (ours first and alone: it migrates the ledger)
-    wait_http(f"http://127.0.0.1:{port}/healthz", ours, "contactsync web", folder / "ours.log")
-    servers = [Server("ours", f"http://127.0.0.1:{port}/webhooks/{SOURCE}", ours)]
-    if before_store is not None:
-        env = {**processes.env, "INGEST_BEFORE_STORE": str(before_store)}
-        process, port = gunicorn(
-            args, folder, processes, "before", "ops.bench.ingest:before_app()", env
+    """naive, (before,) ours: each its own gunicorn with the same workers and threads; each
+    contactsync server on its own PostgreSQL database and Redis database, with its relay."""
+    ours_db, naive_db, before_db = args.redis_dbs
+    config = write_config(folder / "contactsync.yaml", "http://127.0.0.1:9/api/v1")
+    ours = contactsync_server("ours", args, folder, stack, config, f"{redis_base}/{ours_db}")
+    servers = [ours, ours.apart("ours-apart")] if args.relay_apart else [ours]
+    if args.before:
+        tree = worktree(args.before, folder / f"before-{args.before}", stack)
+        before = contactsync_server(
+            "before", args, folder, stack, config, f"{redis_base}/{before_db}", tree
         )
-        wait_http(f"http://127.0.0.1:{port}/healthz", process, "before", folder / "before.log")
-        servers.insert(0, Server("before", f"http://127.0.0.1:{port}/webhooks/{SOURCE}", process))
+        servers.insert(0, before)
+    naive_broker = f"{redis_base}/{naive_db}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
     env["NAIVE_BROKER_URL"] = naive_broker
+    processes = Processes(folder, env)
+    stack.callback(processes.stop)
     process, port = gunicorn(args, folder, processes, "naive", "ops.bench.naive_app:app", env)
     wait_http(f"http://127.0.0.1:{port}/events", process, "naive", folder / "naive.log")
-    servers.insert(0, Server("naive", f"http://127.0.0.1:{port}/events", process))
+    broker = stack.enter_context(closing(redis.Redis.from_url(naive_broker)))
+    servers.insert(0, Server("naive", f"http://127.0.0.1:{port}/events", process, broker))
     return servers
 
 
-def before_app() -> Any:
-    """A gunicorn app factory: the receiver as ``contactsync web`` builds it, on a ledger
-    whose class comes from the file ``INGEST_BEFORE_STORE`` (an earlier
-    ``worker/ledger/store.py``), to measure a change side by side with its predecessor."""
-    import importlib.util
-
-    from webhooks.app import create_app
-    from webhooks.cli import _metrics_folder, _settings
-    from worker.runtime import get_runtime
-
-    spec = importlib.util.spec_from_file_location(
-        "contactsync_store_before", os.environ["INGEST_BEFORE_STORE"]
+def contactsync_server(
+    name: str,
+    args: argparse.Namespace,
+    folder: Path,
+    stack: ExitStack,
+    config: Path,
+    broker_url: str,
+    tree: Path = ROOT,
+) -> Server:
+    """``contactsync web`` from the source tree ``tree`` on a fresh database and
+    ``broker_url`` (flushed), and ``contactsync relay`` when that tree has one."""
+    held = flush_redis(broker_url)
+    if held:
+        say(f"note: {broker_url} held {held} keys; flushed")
+    stack.callback(flush_redis, broker_url)
+    database_url = stack.enter_context(throwaway_postgres(f"contactsync_ingest_{name}"))
+    data = folder / f"data-{name}"
+    env = product_env(data, config, database_url, broker_url)
+    processes = Processes(folder, env, cwd=tree)
+    stack.callback(processes.stop)
+    port = free_port()
+    web = processes.start(
+        name,
+        *("web", "--port", str(port), "--workers", str(args.workers)),
+        *("--threads", str(args.threads)),
     )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    _metrics_folder(_settings())
-    runtime = get_runtime()
-    runtime.__dict__["ledger"] = module.Ledger(runtime.ledger.engine)
-    return create_app(runtime)
+    log = folder / f"{name}.log"
+    wait_http(f"http://127.0.0.1:{port}/healthz", web, f"{name}: contactsync web", log)
+    relay = None
+    if "def relay(" in (tree / "webhooks" / "cli.py").read_text():
+        relay = processes.start(f"{name}-relay", "relay")
+    database = Database(
+        os.environ.get("CONTACTSYNC_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        database_url,
+    )
+    stack.callback(database.close)
+    broker = stack.enter_context(closing(redis.Redis.from_url(broker_url)))
+    url = f"http://127.0.0.1:{port}/webhooks/{SOURCE}"
+    return Server(name, url, web, broker, database, relay)
 
 
-def git_file(revision: str, path: str, folder: Path) -> Path:
-    """A file as it was at ``revision`` (read with ``git show``), saved in ``folder``."""
-    text = subprocess.run(
-        ["git", "show", f"{revision}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
-    saved = folder / f"{revision}-{Path(path).name}"
-    saved.write_text(text)
-    return saved
+def worktree(revision: str, path: Path, stack: ExitStack) -> Path:
+    """The repository at ``revision``, checked out at ``path`` (removed afterwards): its
+    packages shadow the installed ones when a process starts there (``python -m``)."""
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "--force", str(path), revision],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    stack.callback(
+        subprocess.run,
+        ["git", "worktree", "remove", "--force", str(path)],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+    )
+    return path
 
 
 def describe(phase: Phase) -> str:
     extra = [
         f"db {phase.cpu_db_ms:.2f} ms" if phase.cpu_db_ms is not None else "",
         f"redis {phase.cpu_redis_ms:.2f} ms" if phase.cpu_redis_ms is not None else "",
+        f"relay {phase.cpu_relay_ms:.2f} ms" if phase.cpu_relay_ms is not None else "",
         f"publish lag {phase.publish_lag_s:.2f} s" if phase.publish_lag_s is not None else "",
     ]
     return (
@@ -635,33 +692,40 @@ def run_phase(
     args: argparse.Namespace,
     folder: Path,
     script: Path,
-    database: Database | None,
-    broker: redis.Redis,
     broker_redis_cpu: bool,
     seconds: float,
 ) -> Phase:
     run = f"{server.name}{number}-{uuid.uuid4().hex[:6]}"
     requests_file = folder / f"requests-{run}.tsv"
     write_requests(requests_file, args.requests_per_phase, args.contacts, run)
-    pids = server.pids()
+    database = server.database
     db_pids = database.backends() if database else []
-    server_cpu, db_cpu = cpu_s(pids), cpu_s(db_pids)
-    redis_cpu = redis_cpu_s(broker)
+    server_cpu, db_cpu = cpu_s(server.pids()), cpu_s(db_pids)
+    relay_cpu = cpu_s(server.relay_pids())
+    redis_cpu = redis_cpu_s(server.broker)
     load_now = load()
-    result = wrk(server.url, script, requests_file, args, seconds)
+    paused = server.relay if server.relay_apart else None
+    if paused is not None:
+        paused.send_signal(signal.SIGSTOP)
+    try:
+        result = wrk(server.url, script, requests_file, args, seconds)
+    finally:
+        if paused is not None:
+            paused.send_signal(signal.SIGCONT)
     ended = time.monotonic()
     lag = None
-    if database is not None:  # ours: wait for the background publisher to catch up
+    if database is not None:  # contactsync: wait until every recorded event is published
         # (the ledger, not wrk, says how many: wrk does not count the answers in flight
         # when it stops, but the server still records those events)
         time.sleep(0.05)
         recorded = database.events()
-        while queued(broker) < recorded and time.monotonic() - ended < 60:
+        while queued(server.broker) < recorded and time.monotonic() - ended < 60:
             time.sleep(0.05)
         lag = time.monotonic() - ended
     server_cpu = cpu_s(server.pids()) - server_cpu
     db_cpu = cpu_s(database.backends()) - db_cpu if database else 0.0
-    redis_cpu = redis_cpu_s(broker) - redis_cpu
+    relay_cpu = cpu_s(server.relay_pids()) - relay_cpu
+    redis_cpu = redis_cpu_s(server.broker) - redis_cpu
     requests_file.unlink()
     answers = {str(k): int(v) for k, v in sorted(result["statuses"].items())}
     ok = sum(n for status, n in answers.items() if status.startswith("2"))
@@ -684,6 +748,7 @@ def run_phase(
         cpu_server_ms=round(1000 * server_cpu / per, 3),
         cpu_db_ms=round(1000 * db_cpu / per, 3) if database else None,
         cpu_redis_ms=round(1000 * redis_cpu / per, 3) if broker_redis_cpu else None,
+        cpu_relay_ms=round(1000 * relay_cpu / per, 3) if server.relay else None,
         publish_lag_s=round(lag, 2) if lag is not None else None,
         load=load_now,
     )
@@ -693,56 +758,23 @@ def ingest(
     args: argparse.Namespace, folder: Path, redis_base: str, own_redis: bool
 ) -> tuple[list[Phase], list[str]]:
     """The alternating comparison (and the profile, with ``--profile``)."""
-    ours_db, naive_db = args.redis_dbs[:2]
     script = folder / "post.lua"
     script.write_text(WRK_SCRIPT)
-    ours_broker, naive_broker = f"{redis_base}/{ours_db}", f"{redis_base}/{naive_db}"
-    for url in (ours_broker, naive_broker):
-        held = flush_redis(url)
-        if held:
-            say(f"note: {url} held {held} keys; flushed")
-    before_store = git_file(args.before, "worker/ledger/store.py", folder) if args.before else None
     phases: list[Phase] = []
     profile: list[str] = []
     with ExitStack() as stack:
-        database_url = stack.enter_context(throwaway_postgres("contactsync_ingest"))
-        for url in (ours_broker, naive_broker):
-            stack.callback(flush_redis, url)
-        config = write_config(folder / "contactsync.yaml", "http://127.0.0.1:9/api/v1")
-        processes = Processes(folder, product_env(folder, config, database_url, ours_broker))
-        stack.callback(processes.stop)
-        servers = start_servers(args, folder, processes, naive_broker, before_store)
-        database = Database(
-            os.environ.get("CONTACTSYNC_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
-            database_url,
-        )
-        stack.callback(database.close)
-        ours_client = redis.Redis.from_url(ours_broker)
-        naive_client = redis.Redis.from_url(naive_broker)
-        stack.callback(ours_client.close)
-        stack.callback(naive_client.close)
+        servers = start_servers(args, folder, stack, redis_base)
         say(
             f"servers up ({', '.join(s.name for s in servers)}): {args.workers} workers x "
             f"{args.threads} threads each; warming up"
         )
-        accepted = 0
+        accepted: Counter[int] = Counter()  # by database
 
         def phase(server: Server, number: int, seconds: float) -> Phase:
-            nonlocal accepted
-            naive = server.name == "naive"
-            result = run_phase(
-                server,
-                number,
-                args,
-                folder,
-                script,
-                None if naive else database,
-                naive_client if naive else ours_client,
-                own_redis,
-                seconds,
+            result = run_phase(server, number, args, folder, script, own_redis, seconds)
+            accepted[id(server.database)] += sum(
+                n for s, n in result.answers.items() if s[0] == "2"
             )
-            if not naive:
-                accepted += sum(n for s, n in result.answers.items() if s.startswith("2"))
             return result
 
         for server in servers:
@@ -753,18 +785,27 @@ def ingest(
                 result = phase(server, number, args.seconds)
                 phases.append(result)
                 say(f"  round {number} {server.name:6}: {describe(result)}")
-        recorded = database.events()
-        slack = args.connections * len(servers) * (args.rounds + 1)
-        if not accepted <= recorded <= accepted + slack:
-            raise RuntimeError(f"{accepted} events accepted but {recorded} in the ledger")
-        say(
-            f"  the ledger holds the {accepted} accepted events (and {recorded - accepted} "
-            "whose answers were in flight when wrk stopped)"
-        )
+        checked = set()
+        for server in servers:
+            if server.database is None or id(server.database) in checked:
+                continue
+            checked.add(id(server.database))
+            recorded, took = server.database.events(), accepted[id(server.database)]
+            phases_run = sum(1 for other in servers if other.database is server.database)
+            slack = args.connections * (args.rounds + 1) * phases_run
+            if not took <= recorded <= took + slack:
+                raise RuntimeError(
+                    f"{server.name}: {took} events accepted but {recorded} in the ledger"
+                )
+            say(
+                f"  {server.name}: the ledger holds the {took} accepted events (and "
+                f"{recorded - took} whose answers were in flight when wrk stopped)"
+            )
         if args.profile:
-            ours = servers[-1]
+            ours = next(server for server in servers if server.name == "ours")
             say(f"  profiling ours for {args.seconds:g} s (py-spy, not in the table)")
-            with profiled(children(ours.process.pid), "ours", folder) as outputs:
+            pids = [*children(ours.process.pid), *ours.relay_pids()]
+            with profiled(pids, "ours", folder) as outputs:
                 phase(ours, 99, args.seconds)
             profile = summarise_profile(outputs, RECEIVER_PARTS)
             for line in profile:
@@ -813,9 +854,7 @@ def worker_cost(args: argparse.Namespace, folder: Path, redis_base: str) -> list
 
     from worker.config import Settings, load_config
     from worker.ledger.schema import workers
-    from worker.ledger.store import Due
     from worker.runtime import Runtime
-    from worker.submit import publish
 
     broker = f"{redis_base}/{args.redis_dbs[2]}"
     flush_redis(broker)
@@ -865,17 +904,7 @@ def worker_cost(args: argparse.Namespace, folder: Path, redis_base: str) -> list
                 idle_rate = (cpu_s(pids) - idle_start) / (time.monotonic() - idle_at)
                 run = uuid.uuid4().hex[:6]
                 for number, contacts in enumerate(("new", "known")):
-                    due: list[Due] = []  # recorded first, published when the clock starts
-                    for batch in worker_events(args.worker_cost, f"w{run}{number}"):
-                        for recorded, event in zip(
-                            runtime.ledger.record(SOURCE, batch), batch, strict=True
-                        ):
-                            due += [
-                                Due(command_id, command.kind, command.channel)
-                                for command_id, command in zip(
-                                    recorded.command_ids, event.commands, strict=True
-                                )
-                            ]
+                    batches = worker_events(args.worker_cost, f"w{run}{number}")
                     sandbox.reset()
                     target = (number + 1) * args.worker_cost
                     with ExitStack() as spying:
@@ -885,7 +914,9 @@ def worker_cost(args: argparse.Namespace, folder: Path, redis_base: str) -> list
                         db_pids = database.backends()
                         before, db_before = cpu_s(pids), cpu_s(db_pids)
                         began = time.monotonic()
-                        publish(runtime.celery, due)
+                        # recorded as the receiver records: the worker's relay publishes them
+                        for batch in batches:
+                            runtime.ledger.record(SOURCE, batch)
                         while True:
                             counts = runtime.ledger.counts()
                             if counts["done"] + counts["dead"] >= target:
@@ -964,8 +995,8 @@ def table(
     if phases:
         lines += [
             "| round | server | events/s | p50 ms | p90 ms | p99 ms | max ms | errors "
-            "| CPU ms/event: server | db | redis | publish lag s | load |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| CPU ms/event: server | db | redis | relay | publish lag s | load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
 
         def opt(value: float | None, digits: int = 2) -> str:
@@ -975,7 +1006,8 @@ def table(
             lines.append(
                 f"| {p.round} | {p.server} | {p.events_s:.0f} | {p.p50_ms:.1f} | {p.p90_ms:.1f} "
                 f"| {p.p99_ms:.1f} | {p.max_ms:.0f} | {p.errors} | {p.cpu_server_ms:.2f} "
-                f"| {opt(p.cpu_db_ms)} | {opt(p.cpu_redis_ms)} | {opt(p.publish_lag_s)} "
+                f"| {opt(p.cpu_db_ms)} | {opt(p.cpu_redis_ms)} | {opt(p.cpu_relay_ms)} "
+                f"| {opt(p.publish_lag_s)} "
                 f"| {opt(p.load[0] if p.load else None, 1)} |"
             )
         names = list(dict.fromkeys(p.server for p in phases))
@@ -985,8 +1017,8 @@ def table(
             "medians over the rounds:",
             "",
             "| server | events/s | / naive | p50 ms | p90 ms | p99 ms | errors "
-            "| CPU ms/event: server | db |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| CPU ms/event: server | db | relay |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name in names:
             mine = [p for p in phases if p.server == name]
@@ -995,11 +1027,12 @@ def table(
                 return median([getattr(p, attribute) for p in group])
 
             db = [p.cpu_db_ms for p in mine if p.cpu_db_ms is not None]
+            relay = [p.cpu_relay_ms for p in mine if p.cpu_relay_ms is not None]
             lines.append(
                 f"| {name} | {mid('events_s'):.0f} | {mid('events_s') / naive:.2f} "
                 f"| {mid('p50_ms'):.1f} | {mid('p90_ms'):.1f} | {mid('p99_ms'):.1f} "
                 f"| {sum(p.errors for p in mine)} | {mid('cpu_server_ms'):.2f} "
-                f"| {opt(median(db) if db else None)} |"
+                f"| {opt(median(db) if db else None)} | {opt(median(relay) if relay else None)} |"
             )
     if costs:
         threads = args.worker_concurrency or "default"
@@ -1037,8 +1070,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--before",
         default=None,
         metavar="REVISION",
-        help="also run a third server whose ledger is worker/ledger/store.py at this git "
-        "revision (read with git show), to measure a change against its predecessor",
+        help="also run the product as it was at this git revision (a git worktree, its own "
+        "database and Redis database), to measure a change against its predecessor",
+    )
+    parser.add_argument(
+        "--relay-apart",
+        action="store_true",
+        help="also measure ours with its relay stopped during the load (it publishes after)",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy an extra ours phase")
     parser.add_argument(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+
+import redis
 from stack import Stack, wait_for
+
+from worker.submit import queue_for
 
 
 def test_signed_event_reaches_the_sandbox(stack: Stack) -> None:
@@ -62,3 +67,23 @@ def test_a_redelivered_event_is_a_duplicate_with_no_second_effect(stack: Stack) 
     # An unknown contact id is a dead letter "no such contact", not a retry loop.
     assert stack.post(event).status_code == 202
     wait_for(lambda: stack.states()["dead"] == 1)
+
+
+def test_the_receiver_only_records_and_a_relay_publishes(redis_stack: Stack) -> None:
+    assert redis_stack.settings.broker_url is not None
+    broker = redis.Redis.from_url(redis_stack.settings.broker_url)
+    for n in range(3):
+        event = {"id": f"r{n}", "type": "contact.upsert", "match": {"email": f"r{n}@x.io"}}
+        assert redis_stack.post({**event, "fields": {"firstName": "R"}}).status_code == 202
+    assert broker.llen(queue_for("main")) == 0  # nothing published on the request path
+    assert redis_stack.runtime.ledger.outbox_size() == 3
+    relay = redis_stack.start("relay")
+    wait_for(lambda: broker.llen(queue_for("main")) == 3)
+    assert redis_stack.runtime.ledger.outbox_size() == 0
+    redis_stack.kill("relay", signal.SIGTERM)
+    assert relay.returncode == 0
+    assert "relay: 3 published" in redis_stack.log("relay")
+    redis_stack.start_worker()
+    wait_for(redis_stack.settled)
+    assert redis_stack.states()["done"] == 3
+    assert len(redis_stack.contacts()) == 3

@@ -237,7 +237,7 @@ def test_ctrl_c_stops_after_the_batch_being_recorded(
 ) -> None:
     from webhooks import cli_ops
 
-    real = cli_ops.record_and_publish
+    real = cli_ops.submit.record
     calls = []
 
     def record_then_interrupt(*args: Any) -> list[Recorded]:
@@ -247,7 +247,7 @@ def test_ctrl_c_stops_after_the_batch_being_recorded(
             os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C while the first batch records
         return recorded
 
-    monkeypatch.setattr(cli_ops, "record_and_publish", record_then_interrupt)
+    monkeypatch.setattr(cli_ops.submit, "record", record_then_interrupt)
     csv_file = write_csv(tmp_path / "c.csv", [HEADER, *ROWS])
     handler = signal.getsignal(signal.SIGINT)
     result = run(str(csv_file), "--channel", "main", "--batch", "2")
@@ -255,7 +255,7 @@ def test_ctrl_c_stops_after_the_batch_being_recorded(
     assert "Interrupted. Run the same command again" in result.output
     assert "2 recorded" in result.output and calls == [2]
     assert signal.getsignal(signal.SIGINT) is handler  # put back
-    monkeypatch.setattr(cli_ops, "record_and_publish", real)
+    monkeypatch.setattr(cli_ops.submit, "record", real)
     result = run(str(csv_file), "--channel", "main", "--batch", "2")
     assert "2 recorded" in result.output and "2 already imported" in result.output
 

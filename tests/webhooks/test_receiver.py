@@ -138,7 +138,7 @@ def test_invalid_event_is_422_naming_the_field(http: FlaskClient, runtime: Runti
 
 def test_ledger_that_cannot_be_written_is_503_with_retry_after(runtime: Runtime) -> None:
     broken = Ledger(connect("postgresql://postgres@127.0.0.1:1/none"))
-    receiver = Receiver(runtime.config, broken, runtime.celery)
+    receiver = Receiver(runtime.config, broken)
     app = create_app(runtime)
     body = json.dumps(EVENT).encode()
     with app.test_request_context(

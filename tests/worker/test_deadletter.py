@@ -46,7 +46,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     engine = connect(url)
     migrate(engine)
     with engine.begin() as connection:
-        for table in ("commands", "contacts", "events"):
+        for table in ("outbox", "commands", "contacts", "events"):
             connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
     yield Ledger(engine, clock=Clock())
     engine.dispose()
@@ -193,6 +193,18 @@ def test_purge_deletes_only_dead_letters_and_keeps_their_events(
     assert count_dead(ledger.engine) == 2
     again = ledger.record("web", [NewEvent("a", "contact.upsert", {"id": "a"}, [])])
     assert again[0].duplicate  # the event is still known: a resend is not applied twice
+
+
+def test_purge_takes_an_unsent_outbox_row_with_its_command(ledger: Ledger) -> None:
+    newest = dead(ledger, "z", at=T0)  # recorded, never relayed, then dead and purged
+    assert ledger.outbox_size() == 1
+    assert purge(ledger.engine, [newest]) == 1
+    assert ledger.outbox_size() == 0
+    # SQLite gives the purged (highest) id to the next command: its outbox row is its own
+    following = open_command(ledger, "after")
+    assert ledger.outbox_size() == 1
+    assert ledger.relay(lambda due: len(list(due))) == 1
+    assert ledger.command(following) is not None
 
 
 def test_id_batches_walk_every_match_once_in_ascending_order(ledger: Ledger) -> None:

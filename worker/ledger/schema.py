@@ -95,6 +95,18 @@ commands = Table(
     Index("ix_commands_event", "event_id"),
 )
 
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("command_id", Id, primary_key=True, autoincrement=False),
+    Column("kind", String(20), nullable=False),
+    Column("channel", String(100), nullable=False),
+)
+"""Commands recorded whose task message is not yet published: written in the transaction
+that records the command, deleted by the relay once the message is with the broker (the
+transactional outbox). No foreign key: a purged command's row is published, found gone by
+the worker and dropped, which costs less than a cascade on every delete."""
+
 channels = Table(
     "channels",
     metadata,

@@ -20,13 +20,25 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, and_, bindparam, case, exists, func, or_, select, text, update
+from sqlalchemy import (
+    Engine,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from worker.commands import Command
 from worker.ledger.db import dialect_insert
-from worker.ledger.schema import OPEN_STATES, CommandState, commands, contacts, events
+from worker.ledger.schema import OPEN_STATES, CommandState, commands, contacts, events, outbox
 
 CLAIMABLE = (CommandState.PENDING, CommandState.SCHEDULED)
 
@@ -124,6 +136,10 @@ def _no_earlier_open_command() -> Any:
     )
 
 
+_NO_EARLIER_OPEN = _no_earlier_open_command()
+"""Built once: an alias built per claim was garbage (reference cycles) and CPU each time."""
+
+
 _RECORD_ONE_PG = text(
     """
     WITH new_event AS (
@@ -136,24 +152,29 @@ _RECORD_ONE_PG = text(
         SELECT :channel, :contact_key, 1 FROM new_event
         ON CONFLICT (channel, contact_key) DO UPDATE SET next_seq = contacts.next_seq + 1
         RETURNING next_seq
+    ), command AS (
+        INSERT INTO commands (
+            event_id, channel, kind, contact_key, seq, contact_id, match_field, match_value,
+            payload, state, attempts, published_at, created_at, updated_at
+        )
+        SELECT new_event.id, :channel, :kind, :contact_key, seq.next_seq, :contact_id,
+            :match_field, :match_value, :command_payload, :state, 0, :now, :now, :now
+        FROM new_event, seq
+        RETURNING event_id, id
+    ), queued AS (
+        INSERT INTO outbox (command_id, kind, channel)
+        SELECT id, :kind, :channel FROM command
     )
-    INSERT INTO commands (
-        event_id, channel, kind, contact_key, seq, contact_id, match_field, match_value,
-        payload, state, attempts, published_at, created_at, updated_at
-    )
-    SELECT new_event.id, :channel, :kind, :contact_key, seq.next_seq, :contact_id,
-        :match_field, :match_value, :command_payload, :state, 0, :now, :now, :now
-    FROM new_event, seq
-    RETURNING event_id, id
+    SELECT event_id, id FROM command
     """
 ).bindparams(
     bindparam("event_payload", type_=events.c.payload.type),
     bindparam("command_payload", type_=commands.c.payload.type),
 )
 """One event with one command, as one statement on PostgreSQL (what :meth:`Ledger._record`
-does in three): the event, its contact's next sequence number and the command, or no row
-when the event's key is known. Run on its own it is its own transaction, so the request
-waits for one round trip instead of five (BEGIN, three statements, COMMIT)."""
+does in four): the event, its contact's next sequence number, the command and its outbox
+row, or no row when the event's key is known. Run on its own it is its own transaction, so
+the request waits for one round trip instead of six (BEGIN, four statements, COMMIT)."""
 
 
 class Ledger:
@@ -179,6 +200,12 @@ class Ledger:
         ).returning(contacts.c.next_seq)
         self._insert_command_row = commands.insert().returning(commands.c.id)
         self._one_statement = engine.dialect.name == "postgresql"
+        self._outbox_head = (
+            select(outbox.c.command_id, outbox.c.kind, outbox.c.channel)
+            .order_by(outbox.c.command_id)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
 
     def __repr__(self) -> str:
         return f"Ledger({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -271,6 +298,14 @@ class Ledger:
                 self._insert_command(connection, event_id, command, seq, now)
                 for command, seq in zip(new.commands, seqs, strict=True)
             ]
+            if ids:
+                connection.execute(
+                    outbox.insert(),
+                    [
+                        {"command_id": id_, "kind": command.kind, "channel": command.channel}
+                        for id_, command in zip(ids, new.commands, strict=True)
+                    ],
+                )
             yield Recorded(event_id, new.key, ids, duplicate=False)
 
     def _next_seqs(self, connection: Connection, batch: Sequence[Command]) -> list[int]:
@@ -332,7 +367,7 @@ class Ledger:
                 commands.c.id == command_id,
                 commands.c.state.in_(CLAIMABLE),
                 or_(commands.c.not_before.is_(None), commands.c.not_before <= now),
-                _no_earlier_open_command(),
+                _NO_EARLIER_OPEN,
             )
             .values(
                 state=CommandState.RUNNING,
@@ -583,7 +618,7 @@ class Ledger:
                         commands.c.published_at.is_(None),
                         commands.c.published_at <= now - republish_after_s,
                     ),
-                    _no_earlier_open_command(),
+                    _NO_EARLIER_OPEN,
                 )
                 .order_by(commands.c.id)
                 .limit(limit)
@@ -613,6 +648,33 @@ class Ledger:
                 .values(published_at=self.clock())
             )
             self._write(lambda connection: connection.execute(statement))
+
+    def relay(self, send: Callable[[Sequence[Due]], int], *, limit: int = 500) -> int:
+        """Hand the outbox's oldest rows to ``send``, which publishes their messages in
+        order and returns how many it sent, then delete the rows of those sent, in one
+        transaction; returns that count.
+
+        On PostgreSQL the rows are taken ``FOR UPDATE SKIP LOCKED``: relays in several
+        workers share the outbox without publishing a row twice. A relay that dies between
+        ``send`` and its commit leaves its rows to the next one: a message sent twice,
+        which the claim makes harmless, and never one not sent."""
+
+        def work(connection: Connection) -> int:
+            rows = connection.execute(self._outbox_head, {"limit": limit}).all()
+            if not rows:
+                return 0
+            sent = send([Due(*row) for row in rows])
+            if sent:
+                taken = [row[0] for row in rows[:sent]]
+                connection.execute(delete(outbox).where(outbox.c.command_id.in_(taken)))
+            return sent
+
+        return int(self._write(work))
+
+    def outbox_size(self) -> int:
+        """How many recorded commands wait for the relay to publish them."""
+        with self.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(outbox)).scalar_one())
 
     def reclaim_expired(self, *, max_attempts: int) -> list[Due]:
         """Commands whose worker's lease ran out: back to pending (an attempt spent), or dead

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from worker.commands import ContactRef, make_command
 from worker.ledger import CommandState, Ledger, LedgerUnavailable, connect, migrate
 from worker.ledger.db import current_revision, head_revision
-from worker.ledger.store import NewEvent
+from worker.ledger.store import Due, NewEvent
 
 
 class Clock:
@@ -32,7 +32,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     engine = connect(url)
     migrate(engine)
     with engine.begin() as connection:
-        for table in ("commands", "contacts", "events"):
+        for table in ("outbox", "commands", "contacts", "events"):
             connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
     yield Ledger(engine, clock=Clock())
     engine.dispose()
@@ -189,3 +189,77 @@ def test_an_old_command_is_republished_less_and_less_often(ledger: Ledger) -> No
     assert ledger.due(republish_after_s=30) == []  # it waits half its age (500 s) more
     ledger.clock.now += 500  # type: ignore[attr-defined]
     assert [due.id for due in ledger.due(republish_after_s=30)] == [command_id]
+
+
+def outbox(ledger: Ledger) -> list[int]:
+    with ledger.engine.connect() as connection:
+        return list(connection.execute(text("SELECT command_id FROM outbox ORDER BY 1")).scalars())
+
+
+def test_recording_puts_each_new_command_in_the_outbox_once(ledger: Ledger) -> None:
+    [one] = ledger.record("web", [event("e1", upsert())])  # the one-statement path
+    [two] = ledger.record("web", [event("e2", upsert(), tag())])  # the transaction path
+    ledger.record("web", [event("e1", upsert()), event("e2", upsert())])  # duplicates
+    assert outbox(ledger) == [*one.command_ids, *two.command_ids]
+    assert ledger.outbox_size() == 3
+
+
+def test_relay_publishes_in_order_and_removes_only_what_was_sent(ledger: Ledger) -> None:
+    ids = [ledger.record("web", [event(f"e{i}", tag())])[0].command_ids[0] for i in range(5)]
+    offered: list[list[Due]] = []
+
+    def broker_takes_two(due: object) -> int:
+        offered.append(list(due))  # type: ignore[call-overload]
+        return 2  # then fails, as a broker that went down mid-batch
+
+    assert ledger.relay(broker_takes_two, limit=4) == 2
+    assert offered == [[Due(i, "tag", "main") for i in ids[:4]]]
+    assert outbox(ledger) == ids[2:]
+    assert ledger.relay(lambda due: len(list(due)), limit=10) == 3  # type: ignore[call-overload]
+    assert outbox(ledger) == []
+    nothing_to_send = ledger.relay(lambda due: 1 / 0, limit=10)  # type: ignore[arg-type,return-value]
+    assert nothing_to_send == 0  # an empty outbox never calls send
+
+
+def test_a_failing_send_rolls_back_and_keeps_every_row(ledger: Ledger) -> None:
+    ids = [ledger.record("web", [event(f"e{i}", tag())])[0].command_ids[0] for i in range(3)]
+
+    def broker_gone(_due: object) -> int:
+        raise ConnectionError("broker gone")
+
+    with pytest.raises(ConnectionError):
+        ledger.relay(broker_gone)
+    assert outbox(ledger) == ids
+
+
+def test_concurrent_relays_never_publish_a_row_twice(postgres_url: str) -> None:
+    engine = connect(postgres_url)
+    migrate(engine)
+    with engine.begin() as connection:
+        for table in ("outbox", "commands", "contacts", "events"):
+            connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+    ledger = Ledger(engine)
+    for batch in range(20):
+        ledger.record("web", [event(f"e{batch}-{i}", tag()) for i in range(10)])
+    published: list[int] = []
+    lock = threading.Lock()
+
+    def slow_send(due: object) -> int:
+        rows = list(due)  # type: ignore[call-overload]
+        threading.Event().wait(0.01)  # hold the rows while others look
+        with lock:
+            published.extend(row.id for row in rows)
+        return len(rows)
+
+    def relay_until_empty() -> None:
+        while ledger.outbox_size():
+            ledger.relay(slow_send, limit=7)
+
+    threads = [threading.Thread(target=relay_until_empty) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(published) == 200
+    assert len(set(published)) == 200
+    engine.dispose()
