@@ -360,6 +360,7 @@ def collect_status(runtime: Runtime, *, now: float | None = None) -> dict[str, A
         "broker": _probe_broker(runtime).to_json(),
         "channels": None,
         "commands": None,
+        "outbox": None,
         "dead_letters": None,
         "workers": None,
     }
@@ -373,6 +374,7 @@ def collect_status(runtime: Runtime, *, now: float | None = None) -> dict[str, A
     snapshot.update(
         channels=channels,
         commands=runtime.ledger.counts(),
+        outbox=runtime.ledger.outbox_size(),
         dead_letters={"total": sum(by_reason.values()), "by_reason": by_reason},
         workers=[as_json(view) for view in workers_view(engine, now=now)],
     )
@@ -450,6 +452,9 @@ def _render(snapshot: dict[str, Any]) -> Iterator[str]:
     counts = snapshot["commands"]
     yield ""
     yield "commands  " + " · ".join(f"{state} {count:,}" for state, count in counts.items())
+    if snapshot["outbox"]:
+        waiting = f"{snapshot['outbox']:,}"
+        yield f"          {waiting} recorded, not yet published (a worker's relay will)"
     dead = snapshot["dead_letters"]
     yield ""
     if not dead["total"]:

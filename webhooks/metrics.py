@@ -109,6 +109,7 @@ class LedgerCollector:
             states = command_counts(engine)
             channels = channels_view(engine, self.runtime.config)
             workers = workers_view(engine)
+            outbox = self.runtime.ledger.outbox_size()
         except Exception as error:
             log.warning("metrics: ledger not read: %s", type(error).__name__)
             up.add_metric([], 0)
@@ -157,6 +158,10 @@ class LedgerCollector:
         alive = gauge("workers_alive", "Workers whose heartbeat is recent")
         alive.add_metric([], sum(1 for worker in workers if worker.alive))
         yield alive
+
+        unsent = gauge("outbox", "Recorded commands whose task message no relay has published")
+        unsent.add_metric([], outbox)
+        yield unsent
 
 
 def command_counts(engine: Engine) -> dict[tuple[str, str], int]:

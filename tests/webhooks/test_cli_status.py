@@ -134,6 +134,7 @@ def test_status_json_has_the_same_facts(busy: SourceKit) -> None:
     assert channels["crm"]["bad_token_detail"] == "401 Unauthenticated."
     assert snapshot["dead_letters"] == {"total": 3, "by_reason": {"forbidden": 2, "invalid": 1}}
     assert snapshot["commands"]["pending"] == 4
+    assert snapshot["outbox"] == sum(snapshot["commands"].values())  # no relay has run
     by_name = {worker["name"]: worker for worker in snapshot["workers"]}
     assert not by_name["old-host:99"]["alive"] and by_name["old-host:99"]["done"] == 5
     assert sum(worker["alive"] for worker in snapshot["workers"]) == 1

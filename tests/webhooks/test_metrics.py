@@ -120,6 +120,9 @@ def test_an_applied_command_moves_the_api_and_ledger_series(
     assert value(waiting, "contactsync_backlog_oldest_age_seconds", channel="main") >= 0
     assert value(waiting, "contactsync_channel_limit_calls", channel="main") == 200
     assert value(waiting, "contactsync_channel_limit_period_seconds", channel="main") == 60
+    assert value(waiting, "contactsync_outbox") == value(before, "contactsync_outbox") + 1
+    assert runtime.ledger.relay(lambda due: len(list(due))) >= 1  # as a worker's relay would
+    assert value(scrape(http), "contactsync_outbox") == 0
 
     assert run_command(command_id, runtime) == "done"
     after = scrape(http)
