@@ -231,7 +231,21 @@ class Ledger:
     # -- recording --------------------------------------------------------------------
 
     def record(self, source: str, batch: Sequence[NewEvent]) -> list[Recorded]:
-        """Keep events and their commands in one transaction; known keys are duplicates."""
+        """Keep events and their commands in one transaction; known keys are duplicates.
+
+        A connection found dead on use (the database restarted since the pool last used
+        it: the pool tests only idle connections) is tried once more on a new one. That is
+        safe because recording is idempotent by event key: if the first attempt did commit
+        before its connection died, the second finds the events known."""
+        try:
+            return self._record_batch(source, batch)
+        except LedgerUnavailable as error:
+            cause = error.__cause__
+            if not (isinstance(cause, DBAPIError) and cause.connection_invalidated):
+                raise
+            return self._record_batch(source, batch)
+
+    def _record_batch(self, source: str, batch: Sequence[NewEvent]) -> list[Recorded]:
         if self._one_statement and len(batch) == 1 and len(batch[0].commands) == 1:
             new = batch[0]
             return [self._write(lambda c: self._record_one(c, source, new), one_statement=True)]

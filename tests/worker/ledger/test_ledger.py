@@ -263,3 +263,27 @@ def test_concurrent_relays_never_publish_a_row_twice(postgres_url: str) -> None:
     assert len(published) == 200
     assert len(set(published)) == 200
     engine.dispose()
+
+
+def test_a_restart_of_the_database_costs_no_refusal(postgres_url: str) -> None:
+    """Pooled connections cut by a restart, used again within the second (no idle test):
+    the recording is tried once more on a new connection, and answers."""
+    import psycopg
+    from services import PG_ADMIN
+
+    engine = connect(postgres_url)
+    migrate(engine)
+    ledger = Ledger(engine)
+    first = ledger.record("web", [event("before-cut", upsert())])
+    database = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        cut = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+            (database,),
+        ).fetchone()
+    assert cut is not None and cut[0] >= 1  # the pool's connection, as a restart would
+    [after] = ledger.record("web", [event("after-cut", upsert())])
+    assert not after.duplicate and after.command_ids[0] > first[0].command_ids[0]
+    [again] = ledger.record("web", [event("after-cut", upsert())])
+    assert again.duplicate and again.command_ids == after.command_ids
+    engine.dispose()
