@@ -56,6 +56,7 @@ import yaml
 from ops.bench.common import (
     REDIS_HOST,
     SECRET,
+    PrivateRedis,
     Processes,
     SandboxProcess,
     flush_redis,
@@ -64,7 +65,7 @@ from ops.bench.common import (
     signed_headers,
     throwaway_postgres,
 )
-from ops.bench.compare import PrivateRedis, judge
+from ops.bench.compare import judge
 from ops.bench.stream import CHANNEL, describe, expected_state, generate
 from worker.contacts_api.sandbox import DEMO_MAIN_TOKEN
 

@@ -17,10 +17,22 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 import redis
+from sqlalchemy import Engine, text
 
 PG_ADMIN = os.environ.get("CONTACTSYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST = os.environ.get("CONTACTSYNC_TEST_REDIS", "redis://127.0.0.1:6379")
 AMQP_HOST = os.environ.get("CONTACTSYNC_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+
+
+LEDGER_TABLES = ("outbox", "commands", "contacts", "events")
+"""The ledger's event and command tables, children first."""
+
+
+def empty_ledger(engine: Engine) -> None:
+    """Delete every event and command (the session's PostgreSQL database is shared)."""
+    with engine.begin() as connection:
+        for table in LEDGER_TABLES:
+            connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
 
 
 def unavailable(service: str, error: BaseException) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 
 from celery.signals import worker_ready, worker_shutdown
@@ -121,13 +120,3 @@ def _stop_relay(**_: object) -> None:
 
 worker_ready.connect(_start_relay)
 worker_shutdown.connect(_stop_relay)
-
-
-def wait_until_published(runtime: Runtime, *, timeout_s: float, step_s: float = 0.05) -> bool:
-    """Whether the outbox emptied within ``timeout_s`` (for tools and tests)."""
-    deadline = time.monotonic() + timeout_s
-    while runtime.ledger.outbox_size():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step_s)
-    return True

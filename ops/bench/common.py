@@ -101,56 +101,72 @@ def throwaway_postgres(prefix: str = "contactsync_bench") -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@contextmanager
-def private_redis(folder: Path) -> Iterator[str]:
-    """A ``redis-server`` of our own on a free port, no persistence; yields its URL.
+class PrivateRedis:
+    """A ``redis-server`` of the benchmark's own on a free port, without persistence;
+    ``url`` has no database number.
 
-    The shared Redis is not safe for a benchmark: each test session takes a random
-    database number from 1 to 15 and flushes it at its start and end, and its workers
-    consume whatever that database's queues hold."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-            "--logfile",
-            str(folder / "redis.log"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    try:
+    The shared Redis on 6379 is used by test sessions that each take a random database
+    number and flush it, and its pub/sub (Celery's heartbeats) spans databases: a run on
+    it can lose its queue to someone else's ``FLUSHDB``.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        self.url = f"redis://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(folder),
+                "--logfile",
+                str(folder / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
         deadline = time.monotonic() + 10
         while True:
             try:
                 client.ping()
                 break
-            except redis.ConnectionError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start; see {folder}") from None
-                time.sleep(0.05)
-        yield url
+            except redis.RedisError as error:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"no redis-server; see {folder}/redis.log") from error
+                time.sleep(0.1)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def private_redis(folder: Path) -> Iterator[str]:
+    """A :class:`PrivateRedis` for the block; yields the URL of its database 0."""
+    server = PrivateRedis(folder)
+    try:
+        yield f"{server.url}/0"
     finally:
-        client.close()
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        server.stop()
 
 
 def flush_redis(url: str) -> int:

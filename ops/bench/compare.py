@@ -40,7 +40,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ from sqlalchemy import text
 from ops.bench.common import (
     ROOT,
     SECRET,
+    PrivateRedis,
     Processes,
     SandboxProcess,
     every,
@@ -274,63 +274,6 @@ def finish(
 
 
 # -- the baseline ---------------------------------------------------------------------------
-
-
-class PrivateRedis:
-    """A ``redis-server`` of the benchmark's own on a free port, without persistence.
-
-    The shared Redis on 6379 is used by test sessions that each take a random database
-    number and flush it, and its pub/sub (Celery's heartbeats) spans databases: a run on
-    it can lose its queue to someone else's ``FLUSHDB``.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        self.url = f"redis://127.0.0.1:{port}"
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(folder),
-                "--logfile",
-                str(folder / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.RedisError as error:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"no redis-server; see {folder}/redis.log") from error
-                time.sleep(0.1)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def celery_rate(calls: int, period_s: float) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from services import empty_ledger
 
 from worker.commands import ContactRef, make_command
 from worker.deadletter import (
@@ -45,9 +45,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
         url = request.getfixturevalue("postgres_url")
     engine = connect(url)
     migrate(engine)
-    with engine.begin() as connection:
-        for table in ("outbox", "commands", "contacts", "events"):
-            connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+    empty_ledger(engine)
     yield Ledger(engine, clock=Clock())
     engine.dispose()
 

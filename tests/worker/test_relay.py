@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
-from sqlalchemy import text
+from services import empty_ledger
 
 from worker.commands import ContactRef, make_command
 from worker.config import Settings, load_config
@@ -30,9 +30,7 @@ def runtime_on(tmp_path: Path, database_url: str, broker_url: str) -> Runtime:
 
 
 def emptied(runtime: Runtime) -> Runtime:
-    with runtime.ledger.engine.begin() as connection:
-        for table in ("outbox", "commands", "contacts", "events"):
-            connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+    empty_ledger(runtime.ledger.engine)
     return runtime
 
 

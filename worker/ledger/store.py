@@ -126,18 +126,15 @@ def _first_line(error: DBAPIError) -> str:
     return str(error.orig or error).strip().splitlines()[0] if str(error.orig or error) else "error"
 
 
-def _no_earlier_open_command() -> Any:
-    earlier = commands.alias("earlier")
-    return ~exists().where(
-        earlier.c.channel == commands.c.channel,
-        earlier.c.contact_key == commands.c.contact_key,
-        earlier.c.seq < commands.c.seq,
-        earlier.c.state.in_(OPEN_STATES),
-    )
-
-
-_NO_EARLIER_OPEN = _no_earlier_open_command()
-"""Built once: an alias built per claim was garbage (reference cycles) and CPU each time."""
+_EARLIER = commands.alias("earlier")
+_NO_EARLIER_OPEN = ~exists().where(
+    _EARLIER.c.channel == commands.c.channel,
+    _EARLIER.c.contact_key == commands.c.contact_key,
+    _EARLIER.c.seq < commands.c.seq,
+    _EARLIER.c.state.in_(OPEN_STATES),
+)
+"""No earlier command of the same contact is open. Built once: an alias built per claim was
+garbage (reference cycles) and CPU each time."""
 
 
 _RECORD_ONE_PG = text(

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from services import empty_ledger
 from sqlalchemy import text
 
 from worker.commands import ContactRef, make_command
@@ -31,9 +32,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
         url = request.getfixturevalue("postgres_url")
     engine = connect(url)
     migrate(engine)
-    with engine.begin() as connection:
-        for table in ("outbox", "commands", "contacts", "events"):
-            connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+    empty_ledger(engine)
     yield Ledger(engine, clock=Clock())
     engine.dispose()
 
@@ -235,9 +234,7 @@ def test_a_failing_send_rolls_back_and_keeps_every_row(ledger: Ledger) -> None:
 def test_concurrent_relays_never_publish_a_row_twice(postgres_url: str) -> None:
     engine = connect(postgres_url)
     migrate(engine)
-    with engine.begin() as connection:
-        for table in ("outbox", "commands", "contacts", "events"):
-            connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+    empty_ledger(engine)
     ledger = Ledger(engine)
     for batch in range(20):
         ledger.record("web", [event(f"e{batch}-{i}", tag()) for i in range(10)])
