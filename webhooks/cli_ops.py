@@ -38,7 +38,8 @@ from worker.importer import (
     resolve_columns,
     run_import,
 )
-from worker.ledger.store import LedgerUnavailable, NewEvent, Recorded
+from worker.ledger import LedgerUnavailable
+from worker.ledger.store import NewEvent, Recorded
 from worker.runtime import Runtime
 
 SHOWN_ERRORS = 5

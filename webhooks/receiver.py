@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from sqlalchemy.exc import DataError
 
 from webhooks.errors import Refusal
 from webhooks.mapping import SourceMapping, to_commands
@@ -28,7 +27,7 @@ from webhooks.sources import module_for
 from webhooks.sources.base import InboundRequest, SourceModule, SourceRefusal
 from webhooks.sources.generic import parse_events
 from worker.config import AppConfig, SourceConfig
-from worker.ledger import Ledger, LedgerUnavailable
+from worker.ledger import Ledger, LedgerUnavailable, UnstorableValue
 from worker.ledger.store import NewEvent, Recorded
 from worker.logs import log_context
 from worker.runtime import Runtime
@@ -198,8 +197,8 @@ class Receiver:
                 "the event could not be recorded; nothing was kept, send it again later",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from None
-        except DataError as error:  # the database refuses a value itself: resending cannot help
-            log.warning("ledger refused a value, answering 422: %s", str(error.orig)[:200])
+        except UnstorableValue as error:  # the database refuses a value: resending cannot help
+            log.warning("ledger refused a value, answering 422: %s", str(error)[:200])
             raise Refusal(
                 422,
                 "unstorable_value",

@@ -6,8 +6,9 @@ surviving the broker. See ``docs/architecture.md``.
 """
 
 from worker.ledger.db import connect, migrate
+from worker.ledger.errors import LedgerUnavailable, UnstorableValue
 from worker.ledger.schema import CommandState
-from worker.ledger.store import Claimed, Ledger, LedgerUnavailable, Recorded
+from worker.ledger.store import Claimed, Ledger, Recorded
 
 __all__ = [
     "Claimed",
@@ -15,6 +16,7 @@ __all__ = [
     "Ledger",
     "LedgerUnavailable",
     "Recorded",
+    "UnstorableValue",
     "connect",
     "migrate",
 ]

@@ -30,21 +30,18 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.engine import Connection, RowMapping
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 
 from worker.commands import Command
+from worker.ledger import intake
 from worker.ledger.db import dialect_insert
+from worker.ledger.errors import LedgerUnavailable, UnstorableValue, first_line
 from worker.ledger.schema import OPEN_STATES, CommandState, commands, contacts, events, outbox
 
 CLAIMABLE = (CommandState.PENDING, CommandState.SCHEDULED)
-
-
-class LedgerUnavailable(Exception):
-    """The ledger database cannot be written or read right now."""
 
 
 class Due(NamedTuple):
@@ -122,10 +119,6 @@ class Claimed:
         )
 
 
-def _first_line(error: DBAPIError) -> str:
-    return str(error.orig or error).strip().splitlines()[0] if str(error.orig or error) else "error"
-
-
 _EARLIER = commands.alias("earlier")
 _NO_EARLIER_OPEN = ~exists().where(
     _EARLIER.c.channel == commands.c.channel,
@@ -135,43 +128,6 @@ _NO_EARLIER_OPEN = ~exists().where(
 )
 """No earlier command of the same contact is open. Built once: an alias built per claim was
 garbage (reference cycles) and CPU each time."""
-
-
-_RECORD_ONE_PG = text(
-    """
-    WITH new_event AS (
-        INSERT INTO events (source, "key", "type", received_at, payload)
-        VALUES (:source, :key, :type, :now, :event_payload)
-        ON CONFLICT (source, "key") DO NOTHING
-        RETURNING id
-    ), seq AS (
-        INSERT INTO contacts (channel, contact_key, next_seq)
-        SELECT :channel, :contact_key, 1 FROM new_event
-        ON CONFLICT (channel, contact_key) DO UPDATE SET next_seq = contacts.next_seq + 1
-        RETURNING next_seq
-    ), command AS (
-        INSERT INTO commands (
-            event_id, channel, kind, contact_key, seq, contact_id, match_field, match_value,
-            payload, state, attempts, published_at, created_at, updated_at
-        )
-        SELECT new_event.id, :channel, :kind, :contact_key, seq.next_seq, :contact_id,
-            :match_field, :match_value, :command_payload, :state, 0, :now, :now, :now
-        FROM new_event, seq
-        RETURNING event_id, id
-    ), queued AS (
-        INSERT INTO outbox (command_id, kind, channel)
-        SELECT id, :kind, :channel FROM command
-    )
-    SELECT event_id, id FROM command
-    """
-).bindparams(
-    bindparam("event_payload", type_=events.c.payload.type),
-    bindparam("command_payload", type_=commands.c.payload.type),
-)
-"""One event with one command, as one statement on PostgreSQL (what :meth:`Ledger._record`
-does in four): the event, its contact's next sequence number, the command and its outbox
-row, or no row when the event's key is known. Run on its own it is its own transaction, so
-the request waits for one round trip instead of six (BEGIN, four statements, COMMIT)."""
 
 
 class Ledger:
@@ -196,7 +152,12 @@ class Ledger:
             set_={"next_seq": contacts.c.next_seq + bump.excluded.next_seq},
         ).returning(contacts.c.next_seq)
         self._insert_command_row = commands.insert().returning(commands.c.id)
-        self._one_statement = engine.dialect.name == "postgresql"
+        # On PostgreSQL, one-command events are recorded in groups through the driver.
+        self._intake = (
+            intake.GroupIntake(engine, clock=lambda: self.clock())
+            if engine.dialect.name == "postgresql"
+            else None
+        )
         self._outbox_head = (
             select(outbox.c.command_id, outbox.c.kind, outbox.c.channel)
             .order_by(outbox.c.command_id)
@@ -207,22 +168,14 @@ class Ledger:
     def __repr__(self) -> str:
         return f"Ledger({self.engine.url.render_as_string(hide_password=True)!r})"
 
-    def _write(self, work: Callable[[Connection], Any], *, one_statement: bool = False) -> Any:
-        """Run ``work`` in one transaction; an unreachable database is LedgerUnavailable.
-
-        ``one_statement``: ``work`` writes with a single statement, run in autocommit, which
-        makes it a transaction of its own, committed (synchronously) before it returns;
-        this saves the round trips of BEGIN and COMMIT."""
+    def _write(self, work: Callable[[Connection], Any]) -> Any:
+        """Run ``work`` in one transaction; an unreachable database is LedgerUnavailable."""
         try:
-            if one_statement:
-                with self.engine.connect() as connection:
-                    connection.execution_options(isolation_level="AUTOCOMMIT")
-                    return work(connection)
             with self.engine.begin() as connection:
                 return work(connection)
         except DBAPIError as error:
             if isinstance(error, OperationalError | InterfaceError) or error.connection_invalidated:
-                raise LedgerUnavailable(_first_line(error)) from error
+                raise LedgerUnavailable(first_line(error)) from error
             raise
 
     # -- recording --------------------------------------------------------------------
@@ -230,50 +183,51 @@ class Ledger:
     def record(self, source: str, batch: Sequence[NewEvent]) -> list[Recorded]:
         """Keep events and their commands in one transaction; known keys are duplicates.
 
-        A connection found dead on use (the database restarted since the pool last used
-        it: the pool tests only idle connections) is tried once more on a new one. That is
-        safe because recording is idempotent by event key: if the first attempt did commit
-        before its connection died, the second finds the events known."""
+        Raises :class:`LedgerUnavailable` when the database cannot be written (nothing was
+        kept: send again later) and :class:`UnstorableValue` when it refuses a value.
+
+        On PostgreSQL an event with one command goes to the group intake
+        (worker/ledger/intake.py). Otherwise a connection found dead on use (the database
+        restarted since the pool last used it: the pool tests only idle connections) is
+        tried once more on a new one. That is safe because recording is idempotent by event
+        key: if the first attempt did commit before its connection died, the second finds
+        the events known."""
+        if self._intake is not None and len(batch) == 1 and len(batch[0].commands) == 1:
+            return [self._record_one(self._intake, source, batch[0])]
         try:
-            return self._record_batch(source, batch)
-        except LedgerUnavailable as error:
-            cause = error.__cause__
-            if not (isinstance(cause, DBAPIError) and cause.connection_invalidated):
-                raise
-            return self._record_batch(source, batch)
+            try:
+                return self._record_batch(source, batch)
+            except LedgerUnavailable as error:
+                cause = error.__cause__
+                if not (isinstance(cause, DBAPIError) and cause.connection_invalidated):
+                    raise
+                return self._record_batch(source, batch)
+        except DataError as error:
+            raise UnstorableValue(first_line(error)) from error
 
     def _record_batch(self, source: str, batch: Sequence[NewEvent]) -> list[Recorded]:
-        if self._one_statement and len(batch) == 1 and len(batch[0].commands) == 1:
-            new = batch[0]
-            return [self._write(lambda c: self._record_one(c, source, new), one_statement=True)]
         return list(self._write(lambda connection: list(self._record(connection, source, batch))))
 
-    def _record_one(self, connection: Connection, source: str, new: NewEvent) -> Recorded:
-        """:data:`_RECORD_ONE_PG`; a known key reads what was kept for it."""
+    @staticmethod
+    def _record_one(group: intake.GroupIntake, source: str, new: NewEvent) -> Recorded:
         command = new.commands[0]
         contact = command.contact
-        now = self.clock()
-        row = connection.execute(
-            _RECORD_ONE_PG,
-            {
-                "source": source,
-                "key": new.key,
-                "type": new.type,
-                "now": now,
-                "event_payload": new.payload,
-                "channel": command.channel,
-                "contact_key": contact.key,
-                "kind": command.kind,
-                "contact_id": contact.contact_id,
-                "match_field": contact.match_field,
-                "match_value": contact.match_value,
-                "command_payload": command.payload(),
-                "state": CommandState.PENDING.value,
-            },
-        ).first()
-        if row is None:
-            return self._known(connection, source, new.key)
-        return Recorded(int(row[0]), new.key, [int(row[1])], duplicate=False)
+        event_id, command_ids, duplicate = group.record(
+            intake.row(
+                source,
+                new.key,
+                new.type,
+                new.payload,
+                channel=command.channel,
+                contact_key=contact.key,
+                kind=command.kind,
+                contact_id=contact.contact_id,
+                match_field=contact.match_field,
+                match_value=contact.match_value,
+                command_payload=command.payload(),
+            )
+        )
+        return Recorded(event_id, new.key, command_ids, duplicate=duplicate)
 
     def _known(self, connection: Connection, source: str, key: str) -> Recorded:
         """What the ledger holds for an event key it already knows."""

@@ -1,0 +1,233 @@
+"""Recording on PostgreSQL the common delivery, one event with one command, in groups.
+
+Every generic event and every vendor record is one event with one command. The requests
+that a process answers at the same moment are recorded together (:class:`GroupCommit`):
+one statement (:data:`RECORD`) for the group, with its rows as one JSON parameter, run in
+autocommit, so one round trip and one commit for the group; through the driver itself, on
+a connection of the ledger's pool, the statement prepared once per connection. What that
+saves, per event, is measured in docs/benchmarks.md ("Ingest").
+
+The statement takes the contacts' rows in (channel, contact key) order, so that two
+processes' groups never wait on each other in a cycle; a contact's events are numbered in
+their arrival order. When the database refuses the statement, each event of the group is
+recorded alone, so that only the event at fault is refused. A connection found cut (the
+database restarted) is dropped and the group tried again on another: recording is
+idempotent by event key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+from worker.ledger.errors import LedgerUnavailable, UnstorableValue, first_line
+from worker.ledger.group import GroupCommit
+from worker.ledger.schema import CommandState
+
+RECORD = """
+    WITH input AS (
+        SELECT * FROM json_to_recordset(%(rows)s::json) AS t(
+            ord int, source text, "key" text, "type" text, event_payload text, channel text,
+            contact_key text, kind text, contact_id text, match_field text, match_value text,
+            command_payload text
+        )
+    ), new_event AS (
+        INSERT INTO events (source, "key", "type", received_at, payload)
+        SELECT source, "key", "type", %(now)s, event_payload::json FROM input ORDER BY ord
+        ON CONFLICT (source, "key") DO NOTHING
+        RETURNING id, source, "key"
+    ), fresh AS (
+        SELECT input.*, new_event.id AS event_id
+        FROM input JOIN new_event USING (source, "key")
+    ), seq AS (
+        INSERT INTO contacts (channel, contact_key, next_seq)
+        SELECT channel, contact_key, count(*) FROM fresh
+        GROUP BY channel, contact_key ORDER BY channel, contact_key
+        ON CONFLICT (channel, contact_key)
+        DO UPDATE SET next_seq = contacts.next_seq + excluded.next_seq
+        RETURNING channel, contact_key, next_seq
+    ), numbered AS (
+        SELECT fresh.*,
+            seq.next_seq - count(*) OVER same + row_number() OVER (same ORDER BY fresh.ord) AS seq
+        FROM fresh JOIN seq USING (channel, contact_key)
+        WINDOW same AS (PARTITION BY fresh.channel, fresh.contact_key)
+    ), command AS (
+        INSERT INTO commands (
+            event_id, channel, kind, contact_key, seq, contact_id, match_field, match_value,
+            payload, state, attempts, published_at, created_at, updated_at
+        )
+        SELECT event_id, channel, kind, contact_key, seq, contact_id, match_field, match_value,
+            command_payload::json, %(state)s, 0, %(now)s, %(now)s, %(now)s
+        FROM numbered ORDER BY ord
+        RETURNING event_id, id, kind, channel
+    ), queued AS (
+        INSERT INTO outbox (command_id, kind, channel) SELECT id, kind, channel FROM command
+    )
+    SELECT numbered.ord, command.event_id, command.id
+    FROM command JOIN numbered USING (event_id)
+"""
+"""Events with one command each, as one statement (what the ledger's transaction path does
+in four per event), from a JSON array of rows: the events; their contacts' sequence
+numbers, one upsert per contact (in (channel, contact key) order, so that concurrent
+groups lock contact rows in the same order), numbered in arrival order within the group;
+the commands and their outbox rows. An event whose key is known gets no row back.
+
+The payloads travel as JSON strings inside the rows' JSON, cast back to ``json`` on insert:
+PostgreSQL refuses a ``\\u0000`` anywhere in a document it takes apart, while the ``json``
+type keeps it (a NUL in a field of the payload is stored, as on the transaction path)."""
+
+KNOWN = """
+    SELECT events.id, commands.id FROM events
+    LEFT JOIN commands ON commands.event_id = events.id
+    WHERE events.source = %(source)s AND events."key" = %(key)s
+    ORDER BY commands.id
+"""
+"""What the ledger holds for a known event key: its id and its commands' ids."""
+
+Outcome = tuple[int, list[int], bool]
+"""What was kept for one event: its id, its commands' ids, whether its key was known."""
+
+
+class GroupIntake:
+    """Records one-command events for the threads of one process, in groups.
+
+    Each item is a row of :data:`RECORD` (:func:`row` builds it); its outcome an
+    :data:`Outcome`, or :class:`LedgerUnavailable`, :class:`UnstorableValue` or the
+    driver's own error for anything else the database refuses.
+    """
+
+    def __init__(
+        self, engine: Engine, *, clock: Callable[[], float] = time.time, max_group: int = 64
+    ) -> None:
+        self._engine = engine
+        self._clock = clock
+        self.groups: GroupCommit[dict[str, Any], Outcome] = GroupCommit(
+            self._write, max_group=max_group
+        )
+        """The group-commit coordinator (its counters tell the mean group size)."""
+
+    def record(self, row: dict[str, Any]) -> Outcome:
+        """Record one event (with whatever else is being recorded at this moment)."""
+        return self.groups.submit(row)
+
+    def _write(self, rows: Sequence[dict[str, Any]]) -> list[Outcome | BaseException]:
+        try:
+            return list(self._with_connection(rows))
+        except _Refused as refused:
+            if len(rows) > 1:  # one row at fault: each event alone, so that only it is refused
+                return [self._write([row])[0] for row in rows]
+            return [_as_ledger_error(refused.error)]
+        except LedgerUnavailable as error:
+            return [LedgerUnavailable(str(error)) for _ in rows]
+
+    def _with_connection(self, rows: Sequence[dict[str, Any]]) -> list[Outcome]:
+        """Run the group on a pooled connection, in autocommit: the one statement is its own
+        transaction. A connection found cut (the database restarted since it was last
+        used) is dropped from the pool and the group tried on the next, up to as many as
+        the pool held, then on a new one."""
+        attempts = _idle_connections(self._engine) + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                fairy = self._engine.raw_connection()
+            except (DBAPIError, psycopg.Error) as error:  # cannot connect
+                raise LedgerUnavailable(first_line(error)) from error
+            connection: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+            try:
+                connection.autocommit = True
+                return _run(connection, rows, self._clock())
+            except psycopg.Error as error:
+                if connection.closed or connection.broken:
+                    fairy.invalidate(error)
+                    if attempt == attempts:
+                        raise LedgerUnavailable(first_line(error)) from error
+                    continue
+                raise _Refused(error) from error
+            finally:
+                if not (connection.closed or connection.broken):
+                    connection.autocommit = False  # as the pool's other users expect it
+                fairy.close()  # back to the pool
+        raise AssertionError("unreachable")
+
+
+def _idle_connections(engine: Engine) -> int:
+    checkedin = getattr(engine.pool, "checkedin", None)
+    return int(checkedin()) if callable(checkedin) else 1
+
+
+class _Refused(Exception):
+    """The database refused a statement of a live connection."""
+
+    def __init__(self, error: psycopg.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _as_ledger_error(error: psycopg.Error) -> BaseException:
+    if isinstance(error, psycopg.DataError):
+        return UnstorableValue(first_line(error))
+    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        return LedgerUnavailable(first_line(error))  # a deadlock, a cancelled statement
+    return error
+
+
+def _run(connection: Any, rows: Sequence[dict[str, Any]], now: float) -> list[Outcome]:
+    """The group's statement; then what is kept for the keys that were known (or sent
+    twice in the group: the first is recorded, the others find it)."""
+    first: dict[tuple[str, str], int] = {}
+    for index, row in enumerate(rows):
+        first.setdefault((row["source"], row["key"]), index)
+    sent = [dict(rows[index], ord=index) for index in first.values()]
+    written = connection.execute(
+        RECORD,
+        {"rows": json.dumps(sent), "now": now, "state": CommandState.PENDING.value},
+        prepare=True,
+    ).fetchall()
+    outcomes: list[Outcome | None] = [None] * len(rows)
+    for index, event_id, command_id in written:
+        outcomes[index] = (int(event_id), [int(command_id)], False)
+    for index, row in enumerate(rows):
+        if outcomes[index] is None:
+            known = connection.execute(
+                KNOWN, {"source": row["source"], "key": row["key"]}, prepare=True
+            ).fetchall()
+            ids = [int(r[1]) for r in known if r[1] is not None]
+            outcomes[index] = (int(known[0][0]), ids, True)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def row(
+    source: str,
+    key: str,
+    type_: str,
+    event_payload: Any,
+    *,
+    channel: str,
+    contact_key: str,
+    kind: str,
+    contact_id: str | None,
+    match_field: str | None,
+    match_value: str | None,
+    command_payload: Any,
+) -> dict[str, Any]:
+    """One event with its one command, as a row of :data:`RECORD`: the payloads as JSON
+    text, made here in the caller's thread (a payload that cannot be written as JSON fails
+    its own caller, not the group)."""
+    return {
+        "source": source,
+        "key": key,
+        "type": type_,
+        "event_payload": json.dumps(event_payload),
+        "channel": channel,
+        "contact_key": contact_key,
+        "kind": kind,
+        "contact_id": contact_id,
+        "match_field": match_field,
+        "match_value": match_value,
+        "command_payload": json.dumps(command_payload),
+    }
