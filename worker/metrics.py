@@ -13,6 +13,8 @@ Series (all ``contactsync_``):
 - ``commands_done_total{channel}``, ``retries_total{channel,reason}``,
   ``dead_letters_total{channel,reason}``: commands (a merged pass counts each of its
   commands).
+- ``ledger_record_group_size``: events per write of the group intake on PostgreSQL (a
+  histogram; worker/ledger/intake.py): how many concurrent requests shared a commit.
 
 Several processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set, prometheus_client writes each
 process's counts to files in that folder and whoever serves them adds them up (the
@@ -54,6 +56,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PORT_ENV = "CONTACTSYNC_METRICS_PORT"
 WAIT_BUCKETS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Seconds: inline waits are at most ``worker.inline_wait_max_s`` (2 s) per call."""
+GROUP_BUCKETS = (1, 2, 3, 4, 6, 8, 16, 32, 64)
+"""Events per group write: up to the intake's ``max_group`` (64)."""
 
 P = ParamSpec("P")
 
@@ -102,6 +106,12 @@ class Series:
         )
         self.dead_letters = counter(
             "dead_letters", "Commands that became dead letters, by reason", ("channel", "reason")
+        )
+        self.record_groups = Histogram(
+            "ledger_record_group_size",
+            "Events recorded together in one statement and one commit (the group intake)",
+            namespace=NAMESPACE,
+            buckets=GROUP_BUCKETS,
         )
 
 
@@ -199,6 +209,12 @@ def failed(channel: str, error: ContactsApiError, decision: Decision, commands: 
 def dead_letter(channel: str, reason: str, commands: int = 1) -> None:
     """Count commands made dead letters outside the retry policy."""
     series().dead_letters.labels(channel, reason).inc(commands)
+
+
+@_safe
+def record_group(size: int) -> None:
+    """Count one write of the group intake and how many events it recorded."""
+    series().record_groups.observe(size)
 
 
 def registry() -> CollectorRegistry:

@@ -189,6 +189,9 @@ class Phase:
     """CPU of the ``contactsync relay`` process per 2xx answer, ms (servers with one)."""
     publish_lag_s: float | None
     """Phase end → every accepted event's message in the broker (contactsync servers)."""
+    group_mean: float | None = None
+    """Events per write of the group intake (its histogram on ``/metrics``; revisions that
+    have one)."""
     load: list[float] = field(default_factory=list)
     """The 1, 5 and 15 minute load averages when the phase started."""
 
@@ -271,9 +274,11 @@ class Server:
         relay: subprocess.Popen[bytes] | None = None,
         *,
         relay_apart: bool = False,
+        metrics_url: str | None = None,
     ) -> None:
         self.name = name
         self.url = url
+        self.metrics_url = metrics_url
         self.process = process
         self.broker = broker
         self.database = database
@@ -285,7 +290,9 @@ class Server:
     def apart(self, name: str) -> Server:
         """This server, measured with its relay apart."""
         return Server(
-            name, self.url, self.process, self.broker, self.database, self.relay, relay_apart=True
+            *(name, self.url, self.process, self.broker, self.database, self.relay),
+            relay_apart=True,
+            metrics_url=self.metrics_url,
         )
 
     def pids(self) -> list[int]:
@@ -319,6 +326,24 @@ class Database:
 
     def close(self) -> None:
         self.admin.close()
+
+
+GROUP_SERIES = "contactsync_ledger_record_group_size"
+
+
+def group_writes(server: Server) -> tuple[float, float] | None:
+    """The group intake's writes and the events they recorded so far, from the server's
+    ``/metrics``; ``None`` when it has no such series (the naive route, older revisions)."""
+    if server.metrics_url is None:
+        return None
+    found: dict[str, float] = {}
+    for line in requests.get(server.metrics_url, timeout=10).text.splitlines():
+        name, _, number = line.partition(" ")
+        if name in (f"{GROUP_SERIES}_count", f"{GROUP_SERIES}_sum"):
+            found[name] = float(number)
+    if len(found) < 2:
+        return None
+    return found[f"{GROUP_SERIES}_count"], found[f"{GROUP_SERIES}_sum"]
 
 
 def redis_cpu_s(client: redis.Redis) -> float:
@@ -650,7 +675,8 @@ def contactsync_server(
     stack.callback(database.close)
     broker = stack.enter_context(closing(redis.Redis.from_url(broker_url)))
     url = f"http://127.0.0.1:{port}/webhooks/{SOURCE}"
-    return Server(name, url, web, broker, database, relay)
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    return Server(name, url, web, broker, database, relay, metrics_url=metrics)
 
 
 def worktree(revision: str, path: Path, stack: ExitStack) -> Path:
@@ -678,6 +704,7 @@ def describe(phase: Phase) -> str:
         f"redis {phase.cpu_redis_ms:.2f} ms" if phase.cpu_redis_ms is not None else "",
         f"relay {phase.cpu_relay_ms:.2f} ms" if phase.cpu_relay_ms is not None else "",
         f"publish lag {phase.publish_lag_s:.2f} s" if phase.publish_lag_s is not None else "",
+        f"{phase.group_mean:.2f} events/commit" if phase.group_mean is not None else "",
     ]
     return (
         f"{phase.events_s:7.1f} events/s, p50 {phase.p50_ms:.1f} p99 {phase.p99_ms:.1f} ms, "
@@ -699,6 +726,7 @@ def run_phase(
     requests_file = folder / f"requests-{run}.tsv"
     write_requests(requests_file, args.requests_per_phase, args.contacts, run)
     database = server.database
+    groups = group_writes(server)
     db_pids = database.backends() if database else []
     server_cpu, db_cpu = cpu_s(server.pids()), cpu_s(db_pids)
     relay_cpu = cpu_s(server.relay_pids())
@@ -726,6 +754,9 @@ def run_phase(
     db_cpu = cpu_s(database.backends()) - db_cpu if database else 0.0
     relay_cpu = cpu_s(server.relay_pids()) - relay_cpu
     redis_cpu = redis_cpu_s(server.broker) - redis_cpu
+    group_mean = None
+    if groups is not None and (after := group_writes(server)) is not None and after[0] > groups[0]:
+        group_mean = round((after[1] - groups[1]) / (after[0] - groups[0]), 2)
     requests_file.unlink()
     answers = {str(k): int(v) for k, v in sorted(result["statuses"].items())}
     ok = sum(n for status, n in answers.items() if status.startswith("2"))
@@ -750,6 +781,7 @@ def run_phase(
         cpu_redis_ms=round(1000 * redis_cpu / per, 3) if broker_redis_cpu else None,
         cpu_relay_ms=round(1000 * relay_cpu / per, 3) if server.relay else None,
         publish_lag_s=round(lag, 2) if lag is not None else None,
+        group_mean=group_mean,
         load=load_now,
     )
 
@@ -995,8 +1027,9 @@ def table(
     if phases:
         lines += [
             "| round | server | events/s | p50 ms | p90 ms | p99 ms | max ms | errors "
-            "| CPU ms/event: server | db | redis | relay | publish lag s | load |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| CPU ms/event: server | db | redis | relay | publish lag s | events/commit "
+            "| load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
 
         def opt(value: float | None, digits: int = 2) -> str:
@@ -1007,7 +1040,7 @@ def table(
                 f"| {p.round} | {p.server} | {p.events_s:.0f} | {p.p50_ms:.1f} | {p.p90_ms:.1f} "
                 f"| {p.p99_ms:.1f} | {p.max_ms:.0f} | {p.errors} | {p.cpu_server_ms:.2f} "
                 f"| {opt(p.cpu_db_ms)} | {opt(p.cpu_redis_ms)} | {opt(p.cpu_relay_ms)} "
-                f"| {opt(p.publish_lag_s)} "
+                f"| {opt(p.publish_lag_s)} | {opt(p.group_mean)} "
                 f"| {opt(p.load[0] if p.load else None, 1)} |"
             )
         names = list(dict.fromkeys(p.server for p in phases))

@@ -103,18 +103,30 @@ class GroupIntake:
     """
 
     def __init__(
-        self, engine: Engine, *, clock: Callable[[], float] = time.time, max_group: int = 64
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_group: int = 64,
+        on_group: Callable[[int], None] | None = None,
     ) -> None:
         self._engine = engine
         self._clock = clock
+        self._on_group = on_group
+        """Told each group's size (the metrics' histogram)."""
         self.groups: GroupCommit[dict[str, Any], Outcome] = GroupCommit(
-            self._write, max_group=max_group
+            self._write_group, max_group=max_group
         )
         """The group-commit coordinator (its counters tell the mean group size)."""
 
     def record(self, row: dict[str, Any]) -> Outcome:
         """Record one event (with whatever else is being recorded at this moment)."""
         return self.groups.submit(row)
+
+    def _write_group(self, rows: Sequence[dict[str, Any]]) -> list[Outcome | BaseException]:
+        if self._on_group is not None:
+            self._on_group(len(rows))
+        return self._write(rows)
 
     def _write(self, rows: Sequence[dict[str, Any]]) -> list[Outcome | BaseException]:
         try:

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 
+from worker import metrics
 from worker.commands import Command
 from worker.ledger import intake
 from worker.ledger.db import dialect_insert
@@ -154,7 +155,7 @@ class Ledger:
         self._insert_command_row = commands.insert().returning(commands.c.id)
         # On PostgreSQL, one-command events are recorded in groups through the driver.
         self._intake = (
-            intake.GroupIntake(engine, clock=lambda: self.clock())
+            intake.GroupIntake(engine, clock=lambda: self.clock(), on_group=metrics.record_group)
             if engine.dialect.name == "postgresql"
             else None
         )

@@ -513,3 +513,26 @@ def test_payloads_round_trip_exactly_and_as_the_transaction_path_stores_them(
     )
     assert intake_command["state"] == "pending" and intake_command["attempts"] == 0
     assert intake_command["published_at"] == intake_command["created_at"] == NOW
+
+
+def test_each_group_write_is_observed_with_its_size(engine: Engine) -> None:
+    """The ledger hands each group's size to the metrics' histogram
+    (``contactsync_ledger_record_group_size``); a fallback to one by one is not a group."""
+    from worker import metrics
+
+    histogram = metrics.series().record_groups
+
+    def observed() -> tuple[float, float]:
+        samples = {s.name: s.value for m in histogram.collect() for s in m.samples}
+        name = "contactsync_ledger_record_group_size"
+        return samples[f"{name}_count"], samples[f"{name}_sum"]
+
+    sizes: list[int] = []
+    watched = GroupIntake(engine, clock=Clock(), on_group=sizes.append)
+    watched.groups.submit(one("alone"))
+    watched._write_group([one("g-1"), one("g-2", **UNSTORABLE["NUL in the key"]), one("g-3")])
+    assert sizes == [1, 3]
+
+    count, total = observed()
+    Ledger(engine, clock=Clock()).record("web", [event("counted")])
+    assert observed() == (count + 1, total + 1)
