@@ -82,6 +82,37 @@ The payloads travel as JSON strings inside the rows' JSON, cast back to ``json``
 PostgreSQL refuses a ``\\u0000`` anywhere in a document it takes apart, while the ``json``
 type keeps it (a NUL in a field of the payload is stored, as on the transaction path)."""
 
+RECORD_ONE = """
+    WITH new_event AS (
+        INSERT INTO events (source, "key", "type", received_at, payload)
+        VALUES (%(source)s, %(key)s, %(type)s, %(now)s, %(event_payload)s::json)
+        ON CONFLICT (source, "key") DO NOTHING
+        RETURNING id
+    ), seq AS (
+        INSERT INTO contacts (channel, contact_key, next_seq)
+        SELECT %(channel)s, %(contact_key)s, 1 FROM new_event
+        ON CONFLICT (channel, contact_key) DO UPDATE SET next_seq = contacts.next_seq + 1
+        RETURNING next_seq
+    ), command AS (
+        INSERT INTO commands (
+            event_id, channel, kind, contact_key, seq, contact_id, match_field, match_value,
+            payload, state, attempts, published_at, created_at, updated_at
+        )
+        SELECT new_event.id, %(channel)s, %(kind)s, %(contact_key)s, seq.next_seq,
+            %(contact_id)s, %(match_field)s, %(match_value)s, %(command_payload)s::json,
+            %(state)s, 0, %(now)s, %(now)s, %(now)s
+        FROM new_event, seq
+        RETURNING event_id, id
+    ), queued AS (
+        INSERT INTO outbox (command_id, kind, channel) SELECT id, %(kind)s, %(channel)s FROM command
+    )
+    SELECT 0, event_id, id FROM command
+"""
+"""A group of one: what :data:`RECORD` does, for one event, with its values as parameters.
+A request alone (most of them when the receiver is not saturated) is the common group, and
+for it this costs PostgreSQL about a third less CPU than taking one row apart from JSON
+(``ops/bench/recording.py``)."""
+
 KNOWN = """
     SELECT events.id, commands.id FROM events
     LEFT JOIN commands ON commands.event_id = events.id
@@ -194,12 +225,16 @@ def _run(connection: Any, rows: Sequence[dict[str, Any]], now: float) -> list[Ou
     first: dict[tuple[str, str], int] = {}
     for index, row in enumerate(rows):
         first.setdefault((row["source"], row["key"]), index)
-    sent = [dict(rows[index], ord=index) for index in first.values()]
-    written = connection.execute(
-        RECORD,
-        {"rows": json.dumps(sent), "now": now, "state": CommandState.PENDING.value},
-        prepare=True,
-    ).fetchall()
+    state = CommandState.PENDING.value
+    if len(first) == 1:
+        written = connection.execute(
+            RECORD_ONE, {**rows[0], "now": now, "state": state}, prepare=True
+        ).fetchall()
+    else:
+        sent = [dict(rows[index], ord=index) for index in first.values()]
+        written = connection.execute(
+            RECORD, {"rows": json.dumps(sent), "now": now, "state": state}, prepare=True
+        ).fetchall()
     outcomes: list[Outcome | None] = [None] * len(rows)
     for index, event_id, command_id in written:
         outcomes[index] = (int(event_id), [int(command_id)], False)
