@@ -64,21 +64,7 @@ def new_event(number: int, run: str) -> NewEvent:
 
 
 def as_row(new: NewEvent) -> dict[str, object]:
-    command = new.commands[0]
-    contact = command.contact
-    return row(
-        "bench",
-        new.key,
-        new.type,
-        new.payload,
-        channel=command.channel,
-        contact_key=contact.key,
-        kind=command.kind,
-        contact_id=contact.contact_id,
-        match_field=contact.match_field,
-        match_value=contact.match_value,
-        command_payload=command.payload(),
-    )
+    return row("bench", new.key, new.type, new.payload, new.commands[0])
 
 
 def backend_cpu_s(pids: Sequence[int]) -> float:

@@ -26,6 +26,7 @@ import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
+from worker.commands import Command
 from worker.ledger.errors import LedgerUnavailable, UnstorableValue, first_line
 from worker.ledger.group import GroupCommit
 from worker.ledger.schema import CommandState
@@ -248,33 +249,21 @@ def _run(connection: Any, rows: Sequence[dict[str, Any]], now: float) -> list[Ou
     return [outcome for outcome in outcomes if outcome is not None]
 
 
-def row(
-    source: str,
-    key: str,
-    type_: str,
-    event_payload: Any,
-    *,
-    channel: str,
-    contact_key: str,
-    kind: str,
-    contact_id: str | None,
-    match_field: str | None,
-    match_value: str | None,
-    command_payload: Any,
-) -> dict[str, Any]:
+def row(source: str, key: str, type_: str, event_payload: Any, command: Command) -> dict[str, Any]:
     """One event with its one command, as a row of :data:`RECORD`: the payloads as JSON
     text, made here in the caller's thread (a payload that cannot be written as JSON fails
     its own caller, not the group)."""
+    contact = command.contact
     return {
         "source": source,
         "key": key,
         "type": type_,
         "event_payload": json.dumps(event_payload),
-        "channel": channel,
-        "contact_key": contact_key,
-        "kind": kind,
-        "contact_id": contact_id,
-        "match_field": match_field,
-        "match_value": match_value,
-        "command_payload": json.dumps(command_payload),
+        "channel": command.channel,
+        "contact_key": contact.key,
+        "kind": command.kind,
+        "contact_id": contact.contact_id,
+        "match_field": contact.match_field,
+        "match_value": contact.match_value,
+        "command_payload": json.dumps(command.payload()),
     }

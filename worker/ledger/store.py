@@ -211,23 +211,8 @@ class Ledger:
 
     @staticmethod
     def _record_one(group: intake.GroupIntake, source: str, new: NewEvent) -> Recorded:
-        command = new.commands[0]
-        contact = command.contact
-        event_id, command_ids, duplicate = group.record(
-            intake.row(
-                source,
-                new.key,
-                new.type,
-                new.payload,
-                channel=command.channel,
-                contact_key=contact.key,
-                kind=command.kind,
-                contact_id=contact.contact_id,
-                match_field=contact.match_field,
-                match_value=contact.match_value,
-                command_payload=command.payload(),
-            )
-        )
+        row = intake.row(source, new.key, new.type, new.payload, new.commands[0])
+        event_id, command_ids, duplicate = group.record(row)
         return Recorded(event_id, new.key, command_ids, duplicate=duplicate)
 
     def _known(self, connection: Connection, source: str, key: str) -> Recorded:

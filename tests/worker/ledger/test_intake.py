@@ -82,19 +82,7 @@ def one(
 ) -> dict[str, Any]:
     """A row of the intake's statement: event ``key`` with an upsert of ``ref``."""
     command = upsert(ref, channel)
-    made = row(
-        source,
-        key,
-        "contact.upsert",
-        {"id": key} if payload is None else payload,
-        channel=command.channel,
-        contact_key=ref.key,
-        kind=command.kind,
-        contact_id=ref.contact_id,
-        match_field=ref.match_field,
-        match_value=ref.match_value,
-        command_payload=command.payload(),
-    )
+    made = row(source, key, "contact.upsert", {"id": key} if payload is None else payload, command)
     made.update(overrides)
     return made
 
