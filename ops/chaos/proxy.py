@@ -133,11 +133,13 @@ class FaultProxy:
             return
         upstream.settimeout(None)
         with self._lock:
-            if self._mode != "forward" or client not in self._open:
-                _reset(upstream)
-                self._drop(client)
-                return
-            self._open.add(upstream)
+            keep = self._mode == "forward" and client in self._open
+            if keep:
+                self._open.add(upstream)
+        if not keep:  # outside the lock: _drop takes it (it is not reentrant)
+            _reset(upstream)
+            self._drop(client)
+            return
         back = threading.Thread(target=self._pipe, args=(upstream, client), daemon=True)
         back.start()
         self._pipe(client, upstream)
