@@ -14,12 +14,13 @@ and replays send with; a failed publish is logged and the command left in the le
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 
 from celery import Celery
 from kombu.common import maybe_declare
 
 from worker.celery_app import TASK_FOR_KIND
+from worker.contacts_api.limits import chunks
 from worker.ledger.store import Due, Ledger, NewEvent, Recorded
 from worker.runtime import Runtime
 
@@ -36,7 +37,7 @@ PUBLISH_CHUNK = 100
 """Messages handed to the broker together (a Redis pipeline: one round trip for them)."""
 
 
-def publish(celery: Celery, commands: Iterable[Due], *, countdown: float | None = None) -> int:
+def publish(celery: Celery, commands: Sequence[Due], *, countdown: float | None = None) -> int:
     """Send one task message per command, on its channel's queue; returns how many were sent.
 
     Stops at the first failure: the broker is down, and the reconciler will publish the
@@ -54,7 +55,7 @@ def publish(celery: Celery, commands: Iterable[Due], *, countdown: float | None 
     sent = 0
     try:
         with celery.producer_or_acquire() as producer:
-            for chunk in _chunks(commands, PUBLISH_CHUNK):
+            for chunk in chunks(commands, PUBLISH_CHUNK):
                 with producer.batch(max_size=len(chunk)):
                     for queue in {queue_for(channel) for _, _, channel in chunk}:
                         maybe_declare(celery.amqp.queues[queue], producer.channel)  # type: ignore[no-untyped-call]
@@ -78,17 +79,6 @@ def publish(celery: Celery, commands: Iterable[Due], *, countdown: float | None 
             type(error).__name__,
         )
     return sent
-
-
-def _chunks(items: Iterable[Due], size: int) -> Iterator[list[Due]]:
-    chunk: list[Due] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def record(ledger: Ledger, source: str, events: Sequence[NewEvent]) -> list[Recorded]:

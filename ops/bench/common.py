@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -325,3 +325,44 @@ def every(seconds: float) -> Callable[[], bool]:
         return False
 
     return due
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of these processes (gone ones count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / CLOCK_TICKS
+
+
+class Database:
+    """CPU of the PostgreSQL backends connected to one database (pids read at each call)."""
+
+    def __init__(self, admin_url: str, url: str) -> None:
+        self.admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
+        self.url = url.replace("postgresql+psycopg://", "postgresql://")
+        self.name = url.rsplit("/", 1)[1]
+        self.seen: set[int] = set()
+
+    def backends(self) -> list[int]:
+        rows = self.admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,)
+        ).fetchall()
+        self.seen.update(int(row[0]) for row in rows)
+        return sorted(self.seen)
+
+    def events(self) -> int:
+        """How many events the ledger holds."""
+        with psycopg.connect(self.url, connect_timeout=5) as connection:
+            row = connection.execute("SELECT count(*) FROM events").fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self.admin.close()

@@ -66,16 +66,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import redis
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from ops.bench.common import (
     ROOT,
     SECRET,
+    Database,
     Processes,
     SandboxProcess,
+    cpu_s,
     flush_redis,
     load,
     machine,
@@ -87,7 +89,6 @@ from webhooks.signing import WebhookSecret, sign
 
 CHANNEL = "main"
 SOURCE = "bench"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WORKER_LIMIT = (100, 0.2)
 """The channel's limit for the worker cost: 500 calls/s, a schedule of 100 starts."""
 
@@ -234,18 +235,6 @@ def children(pid: int) -> list[int]:
     return [int(x) for x in text.split()]
 
 
-def cpu_s(pids: Sequence[int]) -> float:
-    """User + system CPU seconds of these processes (gone ones count 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / CLOCK_TICKS
-
-
 def wait_http(url: str, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
     """Until ``url`` answers a GET (whatever the status but a 5xx): a gunicorn worker is up."""
     deadline = time.monotonic() + 60
@@ -302,32 +291,6 @@ class Server:
         return [self.relay.pid] if self.relay is not None else []
 
 
-class Database:
-    """CPU of the PostgreSQL backends connected to one database (pids read at each call)."""
-
-    def __init__(self, admin_url: str, url: str) -> None:
-        self.admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
-        self.url = url.replace("postgresql+psycopg://", "postgresql://")
-        self.name = url.rsplit("/", 1)[1]
-        self.seen: set[int] = set()
-
-    def backends(self) -> list[int]:
-        rows = self.admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,)
-        ).fetchall()
-        self.seen.update(int(row[0]) for row in rows)
-        return sorted(self.seen)
-
-    def events(self) -> int:
-        """How many events the ledger holds."""
-        with psycopg.connect(self.url, connect_timeout=5) as connection:
-            row = connection.execute("SELECT count(*) FROM events").fetchone()
-        return int(row[0]) if row else 0
-
-    def close(self) -> None:
-        self.admin.close()
-
-
 GROUP_SERIES = "contactsync_ledger_record_group_size"
 
 
@@ -336,12 +299,14 @@ def group_writes(server: Server) -> tuple[float, float] | None:
     ``/metrics``; ``None`` when it has no such series (the naive route, older revisions)."""
     if server.metrics_url is None:
         return None
-    found: dict[str, float] = {}
-    for line in requests.get(server.metrics_url, timeout=10).text.splitlines():
-        name, _, number = line.partition(" ")
-        if name in (f"{GROUP_SERIES}_count", f"{GROUP_SERIES}_sum"):
-            found[name] = float(number)
-    if len(found) < 2:
+    text = requests.get(server.metrics_url, timeout=10).text
+    found = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == GROUP_SERIES
+        for sample in family.samples
+    }
+    if f"{GROUP_SERIES}_count" not in found:
         return None
     return found[f"{GROUP_SERIES}_count"], found[f"{GROUP_SERIES}_sum"]
 

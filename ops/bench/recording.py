@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psycopg
 
-from ops.bench.common import throwaway_postgres
+from ops.bench.common import PG_ADMIN, Database, cpu_s, throwaway_postgres
 from worker.commands import ContactRef, make_command
 from worker.ledger import Ledger, connect, migrate
 from worker.ledger.intake import GroupIntake, row
@@ -67,52 +67,24 @@ def as_row(new: NewEvent) -> dict[str, object]:
     return row("bench", new.key, new.type, new.payload, new.commands[0])
 
 
-def backend_cpu_s(pids: Sequence[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def backends(admin: psycopg.Connection[tuple[object, ...]], database: str) -> list[int]:
-    rows = admin.execute(
-        "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)
-    ).fetchall()
-    return [int(r[0]) for r in rows]
-
-
-def measure(
-    path: str,
-    work: Callable[[int], int],
-    count: int,
-    admin: psycopg.Connection[tuple[object, ...]],
-    database: str,
-) -> Row:
+def measure(path: str, work: Callable[[int], int], count: int, database: Database) -> Row:
     work(50)  # warm: connections made, statements prepared
-    pids = backends(admin, database)
-    cpu, wall, db = time.process_time(), time.perf_counter(), backend_cpu_s(pids)
+    pids = database.backends()
+    cpu, wall, db = time.process_time(), time.perf_counter(), cpu_s(pids)
     done = work(count)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    db = backend_cpu_s(pids) - db
+    db = cpu_s(pids) - db
     return Row(
         path, done, round(done / wall), round(1000 * cpu / done, 3), round(1000 * db / done, 3)
     )
 
 
 def run(count: int) -> list[Row]:
-    admin_url = os.environ.get(
-        "CONTACTSYNC_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
     results: list[Row] = []
     with (
         throwaway_postgres("contactsync_recording") as url,
-        psycopg.connect(admin_url, autocommit=True) as admin,
+        closing(Database(PG_ADMIN, url)) as database,
     ):
-        database = url.rsplit("/", 1)[1]
         engine = connect(url, pool_size=2)
         migrate(engine)
         ledger = Ledger(engine)
@@ -156,14 +128,12 @@ def run(count: int) -> list[Row]:
             return work
 
         try:
-            results.append(measure("select 1", select_one, count, admin, database))
-            results.append(measure("insert, autocommit", insert, count, admin, database))
-            results.append(measure("transaction path", transaction, count, admin, database))
+            results.append(measure("select 1", select_one, count, database))
+            results.append(measure("insert, autocommit", insert, count, database))
+            results.append(measure("transaction path", transaction, count, database))
             for size in (1, 2, 4, 8, 16):
                 work = groups_of(size)
-                results.append(
-                    measure(f"group intake, groups of {size}", work, count, admin, database)
-                )
+                results.append(measure(f"group intake, groups of {size}", work, count, database))
         finally:
             plain.close()
             engine.dispose()

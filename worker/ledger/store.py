@@ -196,18 +196,18 @@ class Ledger:
         if self._intake is not None and len(batch) == 1 and len(batch[0].commands) == 1:
             return [self._record_one(self._intake, source, batch[0])]
         try:
-            try:
-                return self._record_batch(source, batch)
-            except LedgerUnavailable as error:
-                cause = error.__cause__
-                if not (isinstance(cause, DBAPIError) and cause.connection_invalidated):
-                    raise
-                return self._record_batch(source, batch)
-        except DataError as error:
-            raise UnstorableValue(first_line(error)) from error
+            return self._record_batch(source, batch)
+        except LedgerUnavailable as error:
+            cause = error.__cause__
+            if not (isinstance(cause, DBAPIError) and cause.connection_invalidated):
+                raise
+            return self._record_batch(source, batch)
 
     def _record_batch(self, source: str, batch: Sequence[NewEvent]) -> list[Recorded]:
-        return list(self._write(lambda connection: list(self._record(connection, source, batch))))
+        try:
+            return list(self._write(lambda c: list(self._record(c, source, batch))))
+        except DataError as error:
+            raise UnstorableValue(first_line(error)) from error
 
     @staticmethod
     def _record_one(group: intake.GroupIntake, source: str, new: NewEvent) -> Recorded:
