@@ -1,0 +1,112 @@
+"""publish(): the task messages it hands a real broker (Redis) are the ones Celery's own
+``send_task`` would have sent, so that any Celery worker runs them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kombu.common import maybe_declare
+
+from worker.celery_app import TASK_FOR_KIND, create_celery
+from worker.config import Settings
+from worker.ledger.store import Due
+from worker.submit import PUBLISH_CHUNK, publish, queue_for
+
+PER_MESSAGE = {
+    "headers": {"id", "root_id", "origin", "eta"},
+    "properties": {"correlation_id", "delivery_tag"},
+}
+"""What differs between two messages for the same command by design: ids, the sending
+process, the moment."""
+
+
+def celery_on(tmp_path: Path, broker_url: str) -> Any:
+    """A Celery app on ``broker_url``, its queues empty (the database is the session's)."""
+    redis.Redis.from_url(broker_url).delete(queue_for("main"), queue_for("other"))
+    return create_celery(Settings(data_dir=tmp_path / "data", broker_url=broker_url))
+
+
+def take_all(broker_url: str, queue: str) -> list[dict[str, Any]]:
+    """The messages on ``queue``, oldest first, removed."""
+    client = redis.Redis.from_url(broker_url)
+    raw = client.lrange(queue, 0, -1)
+    client.delete(queue)
+    return [json.loads(message) for message in reversed(raw)]
+
+
+def send_task_message(
+    celery: Any, command_id: int, kind: str, channel: str, **options: Any
+) -> None:
+    queue = queue_for(channel)
+    with celery.producer_or_acquire() as producer:
+        maybe_declare(celery.amqp.queues[queue], producer.channel)
+        celery.send_task(
+            TASK_FOR_KIND[kind],
+            args=[command_id],
+            queue=queue,
+            retry=False,
+            producer=producer,
+            argsrepr=f"[{command_id}]",
+            kwargsrepr="{}",
+            **options,
+        )
+
+
+def comparable(message: dict[str, Any]) -> dict[str, Any]:
+    """The message without what differs between any two sends."""
+    kept = dict(message)
+    for part, keys in PER_MESSAGE.items():
+        kept[part] = {key: value for key, value in message[part].items() if key not in keys}
+    return kept
+
+
+@pytest.mark.parametrize("kind", sorted(TASK_FOR_KIND))
+def test_the_message_is_the_one_send_task_sends(tmp_path: Path, redis_url: str, kind: str) -> None:
+    celery = celery_on(tmp_path, redis_url)
+    send_task_message(celery, 41, kind, "main")
+    assert publish(celery, [Due(41, kind, "main")]) == 1
+
+    theirs, ours = take_all(redis_url, queue_for("main"))
+
+    assert comparable(ours) == comparable(theirs)
+    assert json.loads(base64.b64decode(ours["body"]))[0] == [41]
+    assert ours["headers"]["task"] == TASK_FOR_KIND[kind]
+    assert ours["headers"]["eta"] is None
+    assert ours["headers"]["root_id"] == ours["headers"]["id"]
+    assert ours["properties"]["correlation_id"] == ours["headers"]["id"]
+    assert ours["headers"]["origin"] == theirs["headers"]["origin"]  # the same process
+
+
+def test_a_countdown_becomes_the_same_eta(tmp_path: Path, redis_url: str) -> None:
+    celery = celery_on(tmp_path, redis_url)
+    before = datetime.now(UTC)
+    send_task_message(celery, 5, "tag", "main", countdown=30.0)
+    publish(celery, [Due(5, "tag", "main")], countdown=30.0)
+    after = datetime.now(UTC)
+
+    theirs, ours = take_all(redis_url, queue_for("main"))
+
+    assert comparable(ours) == comparable(theirs)
+    eta = datetime.fromisoformat(ours["headers"]["eta"])
+    assert before + timedelta(seconds=30) <= eta <= after + timedelta(seconds=30)
+
+
+def test_every_command_gets_its_own_message_on_its_channels_queue(
+    tmp_path: Path, redis_url: str
+) -> None:
+    celery = celery_on(tmp_path, redis_url)
+    due = [Due(n, "upsert", "main" if n % 3 else "other") for n in range(2 * PUBLISH_CHUNK + 7)]
+
+    assert publish(celery, due) == len(due)
+
+    for channel in ("main", "other"):
+        messages = take_all(redis_url, queue_for(channel))
+        ids = [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+        assert ids == [d.id for d in due if d.channel == channel]
+        assert len({m["headers"]["id"] for m in messages}) == len(messages)
