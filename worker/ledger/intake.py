@@ -4,7 +4,7 @@ Every generic event and every vendor record is one event with one command. The r
 that a process answers at the same moment are recorded together (:class:`GroupCommit`):
 one statement (:data:`RECORD`) for the group, with its rows as one JSON parameter, run in
 autocommit, so one round trip and one commit for the group; through the driver itself, on
-a connection of the ledger's pool, the statement prepared once per connection. What that
+a connection the process keeps for it, the statement prepared once per connection. What that
 saves, per event, is measured in docs/benchmarks.md ("Ingest").
 
 The statement takes the contacts' rows in (channel, contact key) order, so that two
@@ -17,13 +17,15 @@ idempotent by event key.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError
 
 from worker.commands import Command
@@ -150,6 +152,8 @@ class GroupIntake:
             self._write_group, max_group=max_group
         )
         """The group-commit coordinator (its counters tell the mean group size)."""
+        self._held: _Held | None = None
+        event.listen(engine, "engine_disposed", lambda _engine: self.close())
 
     def record(self, row: dict[str, Any]) -> Outcome:
         """Record one event (with whatever else is being recorded at this moment)."""
@@ -171,37 +175,73 @@ class GroupIntake:
             return [LedgerUnavailable(str(error)) for _ in rows]
 
     def _with_connection(self, rows: Sequence[dict[str, Any]]) -> list[Outcome]:
-        """Run the group on a pooled connection, in autocommit: the one statement is its own
-        transaction. A connection found cut (the database restarted since it was last
-        used) is dropped from the pool and the group tried on the next, up to as many as
-        the pool held, then on a new one."""
-        attempts = _idle_connections(self._engine) + 1
-        for attempt in range(1, attempts + 1):
+        """Run the group on the intake's own connection, in autocommit: the one statement is
+        its own transaction. A connection found cut (the database restarted since it was
+        last used) is closed and the group tried again on the next one the pool gives, up
+        to as many as the pool holds idle (they were cut too, most likely), then on a new
+        one."""
+        attempts = 1
+        for attempt in itertools.count(1):
+            cursor = self._cursor()
             try:
-                fairy = self._engine.raw_connection()
-            except (DBAPIError, psycopg.Error) as error:  # cannot connect
-                raise LedgerUnavailable(first_line(error)) from error
-            connection: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
-            try:
-                connection.autocommit = True
-                return _run(connection, rows, self._clock())
+                return _run(cursor, rows, self._clock())
             except psycopg.Error as error:
-                if connection.closed or connection.broken:
-                    fairy.invalidate(error)
-                    if attempt == attempts:
-                        raise LedgerUnavailable(first_line(error)) from error
-                    continue
-                raise _Refused(error) from error
-            finally:
+                connection = cursor.connection
                 if not (connection.closed or connection.broken):
-                    connection.autocommit = False  # as the pool's other users expect it
-                fairy.close()  # back to the pool
+                    raise _Refused(error) from error
+                self._drop()
+                if attempt == 1:
+                    attempts = _idle_connections(self._engine) + 2
+                if attempt >= attempts:
+                    raise LedgerUnavailable(first_line(error)) from error
         raise AssertionError("unreachable")
+
+    def _cursor(self) -> psycopg.Cursor[Any]:
+        """The cursor of this process's intake connection, opened on first use.
+
+        One connection is enough: only the group's leader writes, one group at a time. It is
+        taken from the ledger's pool and detached from it (the same settings, and no
+        checkout and return per group), and closed when the engine is disposed. A
+        connection inherited across a fork is left alone (closing it would end the parent's
+        session) and a new one opened."""
+        held = self._held
+        if held is not None:
+            if held.pid == os.getpid():
+                return held.cursor
+            _inherited.append(held)
+            self._held = None
+        try:
+            fairy = self._engine.raw_connection()
+        except (DBAPIError, psycopg.Error) as error:  # cannot connect
+            raise LedgerUnavailable(first_line(error)) from error
+        connection: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+        fairy.detach()  # ours now: the pool forgets it and will not close it
+        connection.autocommit = True
+        self._held = _Held(os.getpid(), connection.cursor())
+        return self._held.cursor
+
+    def _drop(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and held.pid == os.getpid():
+            held.cursor.connection.close()
+
+    def close(self) -> None:
+        """Close this process's intake connection (the next record opens another)."""
+        self._drop()
 
 
 def _idle_connections(engine: Engine) -> int:
     checkedin = getattr(engine.pool, "checkedin", None)
     return int(checkedin()) if callable(checkedin) else 1
+
+
+class _Held(NamedTuple):
+    pid: int
+    cursor: psycopg.Cursor[Any]
+
+
+_inherited: list[_Held] = []
+"""Intake connections a forked process inherited: kept, never used nor closed."""
 
 
 class _Refused(Exception):

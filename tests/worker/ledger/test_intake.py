@@ -15,7 +15,6 @@ import psycopg
 import pytest
 from services import PG_ADMIN, empty_ledger
 from sqlalchemy import Engine, select
-from sqlalchemy import event as sqlalchemy_event
 
 from worker.commands import Command, ContactRef, make_command
 from worker.ledger import Ledger, LedgerUnavailable, UnstorableValue, connect, migrate
@@ -391,18 +390,8 @@ def test_an_unreachable_database_is_unavailable_for_every_event_of_the_group() -
 # -- connections the database cut --------------------------------------------------------
 
 
-def test_connections_cut_by_the_database_are_replaced_without_an_error(
-    ledger: Ledger, engine: Engine, postgres_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The pool tests no connection on checkout: the intake itself meets every cut one.
-    monkeypatch.setattr("worker.ledger.db.IDLE_PING_S", 3600.0)
-    held = [engine.connect() for _ in range(4)]  # four connections in the pool, all idle
-    for connection in held:
-        connection.exec_driver_sql("SELECT 1")
-        connection.close()
-    [before] = ledger.record("web", [event("before-cut")])
-    idle = engine.pool.checkedin()  # type: ignore[attr-defined]
-    assert idle >= 4
+def backends_of(postgres_url: str) -> int:
+    """Cut every session of the test database but the admin's own; how many were cut."""
     database = postgres_url.rsplit("/", 1)[1]
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         cut = admin.execute(
@@ -410,9 +399,15 @@ def test_connections_cut_by_the_database_are_replaced_without_an_error(
             " WHERE datname = %s AND pid <> pg_backend_pid()",
             (database,),
         ).fetchone()
-    assert cut is not None and cut[0] >= idle
-    invalidated: list[BaseException | None] = []
-    sqlalchemy_event.listen(engine, "invalidate", lambda _c, _r, error: invalidated.append(error))
+    assert cut is not None
+    return int(cut[0])
+
+
+def test_a_connection_cut_by_the_database_is_replaced_without_an_error(
+    ledger: Ledger, engine: Engine, postgres_url: str
+) -> None:
+    [before] = ledger.record("web", [event("before-cut")])
+    assert backends_of(postgres_url) >= 1  # the intake's own connection among them
 
     answers: list[Recorded] = []
     errors: list[BaseException] = []
@@ -425,8 +420,6 @@ def test_connections_cut_by_the_database_are_replaced_without_an_error(
 
     run_threads(4, run)
     assert errors == []
-    assert len(invalidated) >= idle  # the intake met each cut connection and dropped it
-    assert all(isinstance(error, psycopg.OperationalError) for error in invalidated)
     assert sorted(a.key for a in answers) == [f"after-cut-{n}" for n in range(4)]
     assert not any(a.duplicate for a in answers)
     assert all(a.command_ids[0] > before.command_ids[0] for a in answers)
@@ -435,6 +428,68 @@ def test_connections_cut_by_the_database_are_replaced_without_an_error(
     assert outbox_ids(engine) == [r["id"] for r in rows]
     [again] = ledger.record("web", [event("after-cut-0")])
     assert again.duplicate
+
+
+def test_the_intake_keeps_one_connection_outside_the_pool_until_the_engine_is_disposed(
+    postgres_url: str,
+) -> None:
+    engine = connect(postgres_url)
+    intake = GroupIntake(engine, clock=Clock())
+    intake.record(one("first"))
+    connection = intake._held.cursor.connection if intake._held else None
+    assert connection is not None and not connection.closed
+    for n in range(20):
+        intake.record(one(f"more-{n}"))
+    assert intake._held is not None and intake._held.cursor.connection is connection
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    engine.dispose()
+    assert connection.closed
+    intake.record(one("after-dispose"))  # opens another
+    assert intake._held is not None and intake._held.cursor.connection is not connection
+    intake.close()
+    engine.dispose()
+
+
+def test_a_connection_inherited_across_a_fork_is_left_to_the_parent(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = connect(postgres_url)
+    intake = GroupIntake(engine, clock=Clock())
+    inherited: list[object] = []
+    monkeypatch.setattr("worker.ledger.intake._inherited", inherited)
+    try:
+        intake.record(one("parent"))
+        assert intake._held is not None
+        parents = intake._held.cursor.connection
+        monkeypatch.setattr("worker.ledger.intake.os.getpid", lambda: -1)  # as in a child
+        intake.record(one("child"))
+        childs = intake._held.cursor.connection
+        assert childs is not parents
+        assert not parents.closed  # the child did not end the parent's session
+        assert [held.cursor.connection for held in inherited] == [parents]  # type: ignore[attr-defined]
+        intake.close()  # in the child: closes the child's own
+        assert childs.closed and not parents.closed
+    finally:
+        monkeypatch.undo()
+        for held in inherited:
+            held.cursor.connection.close()  # type: ignore[attr-defined]
+        intake.close()
+        engine.dispose()
+
+
+def test_a_database_down_at_the_retry_is_unavailable(
+    ledger: Ledger, engine: Engine, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger.record("web", [event("warm")])
+    assert backends_of(postgres_url) >= 1
+    monkeypatch.setattr(
+        engine, "raw_connection", lambda: (_ for _ in ()).throw(psycopg.OperationalError("down"))
+    )
+    with pytest.raises(LedgerUnavailable):
+        ledger.record("web", [event("while-down")])
+    monkeypatch.undo()
+    [after] = ledger.record("web", [event("while-down")])
+    assert not after.duplicate  # nothing was kept from the refused attempt
 
 
 # -- what is stored ----------------------------------------------------------------------
