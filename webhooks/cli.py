@@ -128,7 +128,13 @@ def migrate() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn processes.")
-@click.option("--threads", default=4, show_default=True, type=int, help="Threads per process.")
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=int,
+    help="Threads per process: a request waits on the ledger's commit, so more than CPUs.",
+)
 def web(host: str, port: int, workers: int, threads: int) -> None:
     """Run the webhook receiver under gunicorn."""
     from gunicorn.app.base import BaseApplication

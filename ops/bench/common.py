@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import redis
@@ -340,6 +340,32 @@ def cpu_s(pids: Sequence[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
     return total / CLOCK_TICKS
+
+
+class MachineCpu(NamedTuple):
+    """The whole machine's CPU time since boot, all CPUs (``/proc/stat``), seconds."""
+
+    busy: float
+    """user + nice + system + irq + softirq: every process, the kernel, the database's
+    background writers and the load generator included."""
+    idle: float
+    """idle + iowait."""
+    steal: float
+    """Time the hypervisor gave to other guests while this one wanted to run."""
+
+    @classmethod
+    def now(cls) -> MachineCpu:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        user, nice, system, idle, iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+        return cls(
+            (user + nice + system + irq + softirq) / CLOCK_TICKS,
+            (idle + iowait) / CLOCK_TICKS,
+            steal / CLOCK_TICKS,
+        )
+
+    def __sub__(self, other: object) -> MachineCpu:
+        assert isinstance(other, MachineCpu)
+        return MachineCpu(self.busy - other.busy, self.idle - other.idle, self.steal - other.steal)
 
 
 class Database:

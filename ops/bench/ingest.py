@@ -1,8 +1,11 @@
 """Ingest speed: signed events per second the receiver accepts under gunicorn, against a
 naive Flask route that only calls ``task.delay(payload)``; then a worker's CPU per command.
 
-Two servers run side by side with the same gunicorn settings (gthread, ``--workers`` x
-``--threads``): ``contactsync web`` on a fresh PostgreSQL database and a Redis database,
+Two servers run side by side under gunicorn (gthread, ``--workers`` processes), each with
+the threads that suit it: ``--threads`` (8, ``contactsync web``'s default: its requests
+wait on the ledger's commit) and ``--naive-threads`` (4: the naive route's best on this
+2-CPU machine; it slows with more, docs/benchmarks.md): ``contactsync web`` on a fresh
+PostgreSQL database and a Redis database,
 with a ``contactsync relay`` process publishing what it records (the work a worker's relay
 does, measured apart), and :mod:`ops.bench.naive_app` on another Redis database of the
 same ``redis-server``. No Celery worker runs: messages accumulate in the broker, and only
@@ -26,7 +29,8 @@ receiver alone on the machine, as when relays run in workers on other machines.
 Per phase: events/s (2xx answers ÷ duration), p50/p90/p99/max latency as wrk measures it
 (closed loop: each connection sends its next request when the answer came), errors
 (non-2xx answers, socket errors and timeouts), and CPU milliseconds per event of the
-gunicorn processes, of ours' PostgreSQL backends, of ``redis-server`` and of the relay.
+gunicorn processes, of ours' PostgreSQL backends, of ``redis-server`` and of the relay;
+and the whole machine's busy CPU per event and idle share while the load ran.
 
 ``--worker-cost K`` then measures one ``contactsync worker`` process (threads pool) on a
 ``contactsync sandbox`` with no latency and a limit above the load: CPU time of the worker
@@ -35,7 +39,7 @@ contacts, then K more of the same contacts, recorded while the clock runs and pu
 the worker's own relay (its CPU counts).
 ``--profile`` also samples ours (an extra phase) and the worker with ``py-spy --gil``.
 
-    python -m ops.bench.ingest [--workers 2 --threads 4] [--connections 16]
+    python -m ops.bench.ingest [--workers 2 --threads 8 --naive-threads 4] [--connections 16]
                                [--seconds 15 --rounds 2] [--before REVISION]
                                [--relay-apart] [--profile]
                                [--worker-cost 2000] [--json out.json]
@@ -75,6 +79,7 @@ from ops.bench.common import (
     ROOT,
     SECRET,
     Database,
+    MachineCpu,
     Processes,
     SandboxProcess,
     cpu_s,
@@ -195,6 +200,13 @@ class Phase:
     have one)."""
     load: list[float] = field(default_factory=list)
     """The 1, 5 and 15 minute load averages when the phase started."""
+    machine_ms: float | None = None
+    """The whole machine's busy CPU per 2xx answer while the load ran, ms: every process
+    (the load generator, the database's own writers, the kernel) included."""
+    idle_pct: float | None = None
+    """Share of the machine's CPU time left idle while the load ran (all CPUs)."""
+    steal_pct: float | None = None
+    """Share of the machine's CPU time the hypervisor gave to other guests (noise)."""
 
 
 @dataclass
@@ -553,9 +565,9 @@ def gunicorn(
                 "--worker-class",
                 "gthread",
                 "--workers",
-                str(args.workers),
+                str(args.naive_workers or args.workers),
                 "--threads",
-                str(args.threads),
+                str(args.naive_threads or args.threads),
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--graceful-timeout",
@@ -670,6 +682,9 @@ def describe(phase: Phase) -> str:
         f"relay {phase.cpu_relay_ms:.2f} ms" if phase.cpu_relay_ms is not None else "",
         f"publish lag {phase.publish_lag_s:.2f} s" if phase.publish_lag_s is not None else "",
         f"{phase.group_mean:.2f} events/commit" if phase.group_mean is not None else "",
+        f"machine {phase.machine_ms:.2f} ms" if phase.machine_ms is not None else "",
+        f"idle {phase.idle_pct:.0f} %" if phase.idle_pct is not None else "",
+        f"steal {phase.steal_pct:.0f} %" if phase.steal_pct is not None else "",
     ]
     return (
         f"{phase.events_s:7.1f} events/s, p50 {phase.p50_ms:.1f} p99 {phase.p99_ms:.1f} ms, "
@@ -700,8 +715,10 @@ def run_phase(
     paused = server.relay if server.relay_apart else None
     if paused is not None:
         paused.send_signal(signal.SIGSTOP)
+    machine = MachineCpu.now()
     try:
         result = wrk(server.url, script, requests_file, args, seconds)
+        machine = MachineCpu.now() - machine
     finally:
         if paused is not None:
             paused.send_signal(signal.SIGCONT)
@@ -748,6 +765,9 @@ def run_phase(
         publish_lag_s=round(lag, 2) if lag is not None else None,
         group_mean=group_mean,
         load=load_now,
+        machine_ms=round(1000 * machine.busy / per, 3),
+        idle_pct=round(100 * machine.idle / max(sum(machine), 1e-9), 1),
+        steal_pct=round(100 * machine.steal / max(sum(machine), 1e-9), 1),
     )
 
 
@@ -984,7 +1004,13 @@ def table(
         f"machine: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
         f"{info['system']}, load {' '.join(str(x) for x in info['loadavg'])}; "
         f"revision {info['revision']}",
-        f"gunicorn gthread {args.workers} workers x {args.threads} threads each; wrk "
+        f"gunicorn gthread {args.workers} workers x {args.threads} threads each"
+        + (
+            f" (naive: {args.naive_workers or args.workers} x {args.naive_threads or args.threads})"
+            if args.naive_workers or args.naive_threads
+            else ""
+        )
+        + "; wrk "
         f"{args.connections} connections ({args.wrk_threads} threads), {args.seconds:g} s "
         f"phases, {args.rounds} rounds",
         "",
@@ -992,9 +1018,9 @@ def table(
     if phases:
         lines += [
             "| round | server | events/s | p50 ms | p90 ms | p99 ms | max ms | errors "
-            "| CPU ms/event: server | db | redis | relay | publish lag s | events/commit "
-            "| load |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| CPU ms/event: server | db | redis | relay | machine | idle % | steal % "
+            "| publish lag s | events/commit | load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
 
         def opt(value: float | None, digits: int = 2) -> str:
@@ -1005,6 +1031,7 @@ def table(
                 f"| {p.round} | {p.server} | {p.events_s:.0f} | {p.p50_ms:.1f} | {p.p90_ms:.1f} "
                 f"| {p.p99_ms:.1f} | {p.max_ms:.0f} | {p.errors} | {p.cpu_server_ms:.2f} "
                 f"| {opt(p.cpu_db_ms)} | {opt(p.cpu_redis_ms)} | {opt(p.cpu_relay_ms)} "
+                f"| {opt(p.machine_ms)} | {opt(p.idle_pct, 0)} | {opt(p.steal_pct, 0)} "
                 f"| {opt(p.publish_lag_s)} | {opt(p.group_mean)} "
                 f"| {opt(p.load[0] if p.load else None, 1)} |"
             )
@@ -1015,8 +1042,8 @@ def table(
             "medians over the rounds:",
             "",
             "| server | events/s | / naive | p50 ms | p90 ms | p99 ms | errors "
-            "| CPU ms/event: server | db | relay |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| CPU ms/event: server | db | relay | machine |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name in names:
             mine = [p for p in phases if p.server == name]
@@ -1026,11 +1053,13 @@ def table(
 
             db = [p.cpu_db_ms for p in mine if p.cpu_db_ms is not None]
             relay = [p.cpu_relay_ms for p in mine if p.cpu_relay_ms is not None]
+            whole = [p.machine_ms for p in mine if p.machine_ms is not None]
             lines.append(
                 f"| {name} | {mid('events_s'):.0f} | {mid('events_s') / naive:.2f} "
                 f"| {mid('p50_ms'):.1f} | {mid('p90_ms'):.1f} | {mid('p99_ms'):.1f} "
                 f"| {sum(p.errors for p in mine)} | {mid('cpu_server_ms'):.2f} "
-                f"| {opt(median(db) if db else None)} | {opt(median(relay) if relay else None)} |"
+                f"| {opt(median(db) if db else None)} | {opt(median(relay) if relay else None)} "
+                f"| {opt(median(whole) if whole else None)} |"
             )
     if costs:
         threads = args.worker_concurrency or "default"
@@ -1044,7 +1073,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m ops.bench.ingest", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn processes (2)")
-    parser.add_argument("--threads", type=int, default=4, help="threads per process (4)")
+    parser.add_argument(
+        "--threads", type=int, default=8, help="threads per process (8, contactsync web's default)"
+    )
+    parser.add_argument(
+        "--naive-workers", type=int, help="the naive route's processes (default: --workers)"
+    )
+    parser.add_argument(
+        "--naive-threads",
+        type=int,
+        default=4,
+        help="the naive route's threads (4: its best on 2 CPUs, docs/benchmarks.md)",
+    )
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (2)")
     parser.add_argument("--seconds", type=float, default=15.0, help="per phase (15)")
