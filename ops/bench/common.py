@@ -350,6 +350,8 @@ class MachineCpu(NamedTuple):
     background writers and the load generator included."""
     idle: float
     """idle + iowait."""
+    iowait: float
+    """The part of ``idle`` with a disk write or read outstanding (a commit's flush)."""
     steal: float
     """Time the hypervisor gave to other guests while this one wanted to run."""
 
@@ -360,12 +362,17 @@ class MachineCpu(NamedTuple):
         return cls(
             (user + nice + system + irq + softirq) / CLOCK_TICKS,
             (idle + iowait) / CLOCK_TICKS,
+            iowait / CLOCK_TICKS,
             steal / CLOCK_TICKS,
         )
 
     def __sub__(self, other: object) -> MachineCpu:
         assert isinstance(other, MachineCpu)
-        return MachineCpu(self.busy - other.busy, self.idle - other.idle, self.steal - other.steal)
+        return MachineCpu(*(mine - theirs for mine, theirs in zip(self, other, strict=True)))
+
+    def share(self, part: float) -> float:
+        """``part`` as a percentage of all the CPU time in this span."""
+        return round(100 * part / max(self.busy + self.idle + self.steal, 1e-9), 1)
 
 
 class Database:

@@ -205,6 +205,8 @@ class Phase:
     (the load generator, the database's own writers, the kernel) included."""
     idle_pct: float | None = None
     """Share of the machine's CPU time left idle while the load ran (all CPUs)."""
+    iowait_pct: float | None = None
+    """The part of that idle time with disk I/O outstanding."""
     steal_pct: float | None = None
     """Share of the machine's CPU time the hypervisor gave to other guests (noise)."""
 
@@ -683,7 +685,9 @@ def describe(phase: Phase) -> str:
         f"publish lag {phase.publish_lag_s:.2f} s" if phase.publish_lag_s is not None else "",
         f"{phase.group_mean:.2f} events/commit" if phase.group_mean is not None else "",
         f"machine {phase.machine_ms:.2f} ms" if phase.machine_ms is not None else "",
-        f"idle {phase.idle_pct:.0f} %" if phase.idle_pct is not None else "",
+        f"idle {phase.idle_pct:.0f} % (iowait {phase.iowait_pct:.0f} %)"
+        if phase.idle_pct is not None and phase.iowait_pct is not None
+        else "",
         f"steal {phase.steal_pct:.0f} %" if phase.steal_pct is not None else "",
     ]
     return (
@@ -766,8 +770,9 @@ def run_phase(
         group_mean=group_mean,
         load=load_now,
         machine_ms=round(1000 * machine.busy / per, 3),
-        idle_pct=round(100 * machine.idle / max(sum(machine), 1e-9), 1),
-        steal_pct=round(100 * machine.steal / max(sum(machine), 1e-9), 1),
+        idle_pct=machine.share(machine.idle),
+        iowait_pct=machine.share(machine.iowait),
+        steal_pct=machine.share(machine.steal),
     )
 
 

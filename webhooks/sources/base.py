@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -156,6 +157,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A JSON escape of a UTF-16 surrogate (``\\ud800`` to ``\\udfff``); a decoded body holds
+no other way to write one (UTF-8 cannot encode a surrogate)."""
+
+
 def load_json(body: bytes) -> Any:
     """Parse a body strictly: UTF-8, no NaN/Infinity, no repeated keys, bounded nesting."""
     try:
@@ -169,8 +175,10 @@ def load_json(body: bytes) -> Any:
             parse_constant=_no_constants,
             object_pairs_hook=_unique_keys,
         )
-        # An escaped lone surrogate ("\ud800") parses but can never be sent on as UTF-8.
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
+        # An escaped lone surrogate ("\ud800") parses but can never be sent on as UTF-8;
+        # only a body with such an escape can hold one.
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
     except RecursionError:
         raise MalformedBody("body is nested too deeply") from None
     except UnicodeEncodeError:

@@ -1,0 +1,38 @@
+"""load_json: the strict parse every JSON source shares."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from webhooks.sources.base import MalformedBody, load_json
+
+
+@pytest.mark.parametrize(
+    "escape",
+    ["\\ud800", "\\uDBFF", "\\udc00", "\\uDFFF", "a\\ud83d", "\\ude00b"],
+)
+def test_an_escaped_lone_surrogate_is_refused(escape: str) -> None:
+    with pytest.raises(MalformedBody, match="surrogate"):
+        load_json(f'{{"name": "{escape}"}}'.encode())
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('"\\ud83d\\ude00"', "\U0001f600"),  # a pair: one character
+        ('"\\\\ud800"', "\\ud800"),  # an escaped backslash, then letters: no surrogate
+        ('"\\u00e9 \\u20ac"', "é €"),
+        ('"\\uD7FF\\uE000"', "\ud7ff\ue000"),  # either side of the surrogate range
+        ('"😀"', "😀"),
+    ],
+)
+def test_everything_else_parses_as_json_does(text: str, value: str) -> None:
+    body = f'{{"name": {text}}}'.encode()
+    assert load_json(body) == {"name": value} == json.loads(body)
+
+
+def test_nesting_past_the_interpreter_is_malformed() -> None:
+    with pytest.raises(MalformedBody, match="nested too deeply"):
+        load_json(b"[" * 100_000 + b"]" * 100_000)
