@@ -124,10 +124,31 @@ def migrate() -> None:
     click.echo("ledger migrated" if changed else "ledger already up to date")
 
 
+WEB_WORKERS_MAX = 8
+"""Each web process keeps a ledger connection of its own (and a pool): more processes than
+this on a large machine would spend the database's connections before its CPUs."""
+
+
+def default_web_workers() -> int:
+    """Two gunicorn processes per CPU this process may run on (at least 2, at most
+    :data:`WEB_WORKERS_MAX`). A process writes one group of events at a time and its
+    requests wait on that commit, so one process per CPU leaves CPUs idle under load; the
+    ingest benchmark on 2 CPUs (docs/benchmarks.md) accepted more with 4 than with 2."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(2, min(WEB_WORKERS_MAX, 2 * cpus))
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn processes.")
+@click.option(
+    "--workers",
+    type=int,
+    help="gunicorn processes [default: 2 per CPU, at least 2, at most 8].",
+)
 @click.option(
     "--threads",
     default=8,
@@ -135,9 +156,12 @@ def migrate() -> None:
     type=int,
     help="Threads per process: a request waits on the ledger's commit, so more than CPUs.",
 )
-def web(host: str, port: int, workers: int, threads: int) -> None:
+def web(host: str, port: int, workers: int | None, threads: int) -> None:
     """Run the webhook receiver under gunicorn."""
     from gunicorn.app.base import BaseApplication
+
+    if workers is None:
+        workers = default_web_workers()
 
     _metrics_folder(_settings())
     runtime = _runtime()

@@ -1,11 +1,12 @@
 """Ingest speed: signed events per second the receiver accepts under gunicorn, against a
 naive Flask route that only calls ``task.delay(payload)``; then a worker's CPU per command.
 
-Two servers run side by side under gunicorn (gthread, ``--workers`` processes), each with
-the threads that suit it: ``--threads`` (8, ``contactsync web``'s default: its requests
-wait on the ledger's commit) and ``--naive-threads`` (4: the naive route's best on this
-2-CPU machine; it slows with more, docs/benchmarks.md): ``contactsync web`` on a fresh
-PostgreSQL database and a Redis database,
+Two servers run side by side under gunicorn (gthread), each in the shape that suits it:
+``--workers`` x ``--threads`` (``contactsync web``'s defaults: 2 processes per CPU, at
+most 8, of 8 threads; its requests wait on the ledger's commit) and ``--naive-workers`` x
+``--naive-threads`` (2 x 4: the naive route's best on this 2-CPU machine, where it slows
+with more, docs/benchmarks.md): ``contactsync web`` on a fresh PostgreSQL database and a
+Redis database,
 with a ``contactsync relay`` process publishing what it records (the work a worker's relay
 does, measured apart), and :mod:`ops.bench.naive_app` on another Redis database of the
 same ``redis-server``. No Celery worker runs: messages accumulate in the broker, and only
@@ -39,7 +40,8 @@ contacts, then K more of the same contacts, recorded while the clock runs and pu
 the worker's own relay (its CPU counts).
 ``--profile`` also samples ours (an extra phase) and the worker with ``py-spy --gil``.
 
-    python -m ops.bench.ingest [--workers 2 --threads 8 --naive-threads 4] [--connections 16]
+    python -m ops.bench.ingest [--workers W --threads 8] [--naive-workers 2 --naive-threads 4]
+                               [--connections 16]
                                [--seconds 15 --rounds 2] [--before REVISION]
                                [--relay-apart] [--profile]
                                [--worker-cost 2000] [--json out.json]
@@ -90,6 +92,7 @@ from ops.bench.common import (
     say,
     throwaway_postgres,
 )
+from webhooks.cli import default_web_workers
 from webhooks.signing import WebhookSecret, sign
 
 CHANNEL = "main"
@@ -567,9 +570,9 @@ def gunicorn(
                 "--worker-class",
                 "gthread",
                 "--workers",
-                str(args.naive_workers or args.workers),
+                str(args.naive_workers),
                 "--threads",
-                str(args.naive_threads or args.threads),
+                str(args.naive_threads),
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--graceful-timeout",
@@ -1077,12 +1080,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ops.bench.ingest", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn processes (2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_web_workers(),
+        help=f"gunicorn processes ({default_web_workers()}: contactsync web's default here)",
+    )
     parser.add_argument(
         "--threads", type=int, default=8, help="threads per process (8, contactsync web's default)"
     )
     parser.add_argument(
-        "--naive-workers", type=int, help="the naive route's processes (default: --workers)"
+        "--naive-workers",
+        type=int,
+        default=2,
+        help="the naive route's processes (2: its best on 2 CPUs, docs/benchmarks.md)",
     )
     parser.add_argument(
         "--naive-threads",
