@@ -428,9 +428,9 @@ def profiled(pids: Sequence[int], label: str, folder: Path) -> Iterator[list[Pat
 
 RECEIVER_PARTS = (
     ("publisher thread (Celery send_task)", "BackgroundPublisher._run"),
-    ("relay (outbox → Celery send_task)", "Relay.run"),
+    ("relay (outbox → task messages)", "Relay.run"),
     ("ledger: pool checkout (with its ping)", "Engine.connect"),
-    ("ledger: the statement", "Ledger.record"),
+    ("ledger: the group intake (coordination, psycopg, the statement)", "Ledger.record"),
     ("signature + parsing", "Receiver._generic"),
     ("log line, metrics", "Receiver._record"),
     ("the JSON answer", "_answer"),
