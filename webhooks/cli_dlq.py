@@ -62,9 +62,14 @@ def _options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return apply
 
 
+COMMAND_ID = click.IntRange(1, 2**63 - 1)
+"""A command id as the ledger keeps it (a 64-bit SQL integer from 1): anything else is a
+usage error rather than a database error."""
+
+
 def _selection_options(verb: str) -> Callable[[Any], Any]:
     return _options(
-        click.argument("ids", nargs=-1, type=click.IntRange(1)),
+        click.argument("ids", nargs=-1, type=COMMAND_ID),
         click.option("--all", "everything", is_flag=True, help="Every dead letter."),
         *_FILTERS,
         click.option("--dry-run", is_flag=True, help=f"Only list what would be {_VERBS[verb][1]}."),
@@ -137,7 +142,7 @@ def list_command(limit: int, offset: int, as_json: bool, **options: str | None) 
 
 
 @dlq.command()
-@click.argument("command_id", type=int)
+@click.argument("command_id", type=COMMAND_ID)
 def show(command_id: int) -> None:
     """Show one dead letter in full: payload, source event, the API's message."""
     letter = get_dead(_runtime().ledger.engine, command_id)

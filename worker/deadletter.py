@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Select, and_, delete, func, select, update
 
+from worker.contacts_api.limits import chunks
 from worker.ledger.schema import CommandState, commands, events, outbox
 from worker.ledger.store import Due
 from worker.runtime import Runtime
@@ -127,10 +128,6 @@ def _select(filter: DeadLetterFilter | None, *columns: Any) -> Select[Any]:
     return select(*columns).select_from(_JOINED).where(*_where(filter))
 
 
-def _chunks(ids: Sequence[int], size: int) -> list[list[int]]:
-    return [list(ids[start : start + size]) for start in range(0, len(ids), size)]
-
-
 _COLUMNS = (
     *(commands.c[name] for name in DeadLetter.__dataclass_fields__ if name in commands.c),
     events.c.source,
@@ -196,10 +193,10 @@ def dead_id_batches(
     """The matching ids in ascending batches, each read only when the previous one was
     handed over (no transaction is held in between), so the caller may change it first."""
     filter = filter or DeadLetterFilter()
-    chunks: list[list[int] | None] = [None]
+    id_groups: list[list[int] | None] = [None]
     if filter.ids is not None:
-        chunks = list(_chunks(sorted(set(filter.ids)), batch_size))
-    for chunk in chunks:
+        id_groups = list(chunks(sorted(set(filter.ids)), batch_size))
+    for chunk in id_groups:
         after = 0  # ids start at 1 on both backends
         while True:
             statement = _select(replace(filter, ids=chunk), commands.c.id).where(
@@ -232,7 +229,7 @@ def replay(engine: Engine, ids: Sequence[int], *, now: float | None = None) -> l
     now = time.time() if now is None else now
     changed: list[Due] = []
     with engine.begin() as connection:
-        for chunk in _chunks(ids, BATCH_SIZE):
+        for chunk in chunks(ids, BATCH_SIZE):
             statement = (
                 update(commands)
                 .where(commands.c.state == CommandState.DEAD, commands.c.id.in_(chunk))
@@ -250,7 +247,7 @@ def purge(engine: Engine, ids: Sequence[int]) -> int:
     duplicate); returns how many were deleted."""
     deleted = 0
     with engine.begin() as connection:
-        for chunk in _chunks(ids, BATCH_SIZE):
+        for chunk in chunks(ids, BATCH_SIZE):
             dead = and_(commands.c.state == CommandState.DEAD, commands.c.id.in_(chunk))
             # An outbox row not yet relayed goes with its command: SQLite hands a deleted
             # command's id to the next new one, whose own outbox row would collide.

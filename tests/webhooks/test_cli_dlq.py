@@ -111,6 +111,16 @@ def test_show_prints_every_field_the_message_and_the_payload(ledger: Ledger) -> 
     assert payload == {"fields": {"firstName": "a"}, "tags": ["vip"]}
 
 
+@pytest.mark.parametrize("verb", ["show", "replay", "purge"])
+@pytest.mark.parametrize("command_id", [str(2**63), "0", "-3"])
+def test_an_id_outside_the_ledger_s_integers_is_a_usage_error(
+    ledger: Ledger, verb: str, command_id: str
+) -> None:
+    result = run(verb, "--", command_id, answer="y\n")
+    assert result.exit_code == 2, result.output
+    assert "is not in the range 1<=x<=9223372036854775807" in result.output
+
+
 def test_show_of_what_is_not_a_dead_letter_exits_1(ledger: Ledger) -> None:
     pending = record(ledger, "pending")
     for command_id in (pending, 424242):
