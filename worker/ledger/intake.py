@@ -187,7 +187,7 @@ class GroupIntake:
                 return _run(cursor, rows, self._clock())
             except psycopg.Error as error:
                 connection = cursor.connection
-                if not (connection.closed or connection.broken):
+                if not (connection.closed or connection.broken or connection_cut(error)):
                     raise _Refused(error) from error
                 self._drop()
                 if attempt == 1:
@@ -228,6 +228,23 @@ class GroupIntake:
     def close(self) -> None:
         """Close this process's intake connection (the next record opens another)."""
         self._drop()
+
+
+_CUT_STATES = ("08", "57P01", "57P02", "57P03")
+"""SQLSTATEs of a session the server ended or cannot serve: connection exceptions, and
+operator intervention (an administrator's or a crash's shutdown, a server starting)."""
+
+
+def connection_cut(error: psycopg.Error) -> bool:
+    """Whether ``error`` says the connection is gone, even before the driver has marked it
+    broken: the server's own "terminating connection" message arrives ahead of the end of
+    the stream, and an error the driver raised itself about the connection has no
+    SQLSTATE. A query cancelled or a deadlock (also operational errors) leave the session
+    usable and are not cuts."""
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    state = error.sqlstate
+    return state is None or state.startswith(_CUT_STATES)
 
 
 def _idle_connections(engine: Engine) -> int:

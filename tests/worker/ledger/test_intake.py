@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy import Engine, select
 
 from worker.commands import Command, ContactRef, make_command
 from worker.ledger import Ledger, LedgerUnavailable, UnstorableValue, connect, migrate
-from worker.ledger.intake import GroupIntake, Outcome, row
+from worker.ledger.intake import GroupIntake, Outcome, connection_cut, row
 from worker.ledger.schema import commands, contacts, events, outbox
 from worker.ledger.store import NewEvent, Recorded
 
@@ -428,6 +429,43 @@ def test_a_connection_cut_by_the_database_is_replaced_without_an_error(
     assert outbox_ids(engine) == [r["id"] for r in rows]
     [again] = ledger.record("web", [event("after-cut-0")])
     assert again.duplicate
+
+
+def test_the_intake_s_own_session_ended_by_the_server_costs_no_refusal(
+    ledger: Ledger, engine: Engine
+) -> None:
+    for n in range(5):
+        ledger.record("web", [event(f"warm-{n}")])
+        intake = ledger._intake
+        assert intake is not None and intake._held is not None
+        pid = intake._held.cursor.connection.info.backend_pid
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            deadline = time.monotonic() + JOIN_S
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                assert time.monotonic() < deadline, "the backend did not end"
+                time.sleep(0.01)
+        [after] = ledger.record("web", [event(f"after-{n}")])
+        assert not after.duplicate
+    assert len(command_rows(engine)) == 10
+
+
+@pytest.mark.parametrize(
+    ("error", "cut"),
+    [
+        (psycopg.errors.AdminShutdown("terminating connection"), True),
+        (psycopg.errors.CrashShutdown("crash"), True),
+        (psycopg.errors.CannotConnectNow("starting up"), True),
+        (psycopg.errors.ConnectionFailure("lost"), True),
+        (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+        (psycopg.errors.QueryCanceled("statement timeout"), False),
+        (psycopg.errors.DeadlockDetected("deadlock"), False),
+        (psycopg.errors.StringDataRightTruncation("too long"), False),
+        (psycopg.errors.UniqueViolation("duplicate"), False),
+    ],
+)
+def test_which_errors_mean_the_session_is_gone(error: psycopg.Error, cut: bool) -> None:
+    assert connection_cut(error) is cut
 
 
 def test_the_intake_keeps_one_connection_outside_the_pool_until_the_engine_is_disposed(
