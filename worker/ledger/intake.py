@@ -277,7 +277,7 @@ def _as_ledger_error(error: psycopg.Error) -> BaseException:
     return error
 
 
-def _run(connection: Any, rows: Sequence[dict[str, Any]], now: float) -> list[Outcome]:
+def _run(cursor: psycopg.Cursor[Any], rows: Sequence[dict[str, Any]], now: float) -> list[Outcome]:
     """The group's statement; then what is kept for the keys that were known (or sent
     twice in the group: the first is recorded, the others find it)."""
     first: dict[tuple[str, str], int] = {}
@@ -285,12 +285,12 @@ def _run(connection: Any, rows: Sequence[dict[str, Any]], now: float) -> list[Ou
         first.setdefault((row["source"], row["key"]), index)
     state = CommandState.PENDING.value
     if len(first) == 1:
-        written = connection.execute(
+        written = cursor.execute(
             RECORD_ONE, {**rows[0], "now": now, "state": state}, prepare=True
         ).fetchall()
     else:
         sent = [dict(rows[index], ord=index) for index in first.values()]
-        written = connection.execute(
+        written = cursor.execute(
             RECORD, {"rows": json.dumps(sent), "now": now, "state": state}, prepare=True
         ).fetchall()
     outcomes: list[Outcome | None] = [None] * len(rows)
@@ -298,7 +298,7 @@ def _run(connection: Any, rows: Sequence[dict[str, Any]], now: float) -> list[Ou
         outcomes[index] = (int(event_id), [int(command_id)], False)
     for index, row in enumerate(rows):
         if outcomes[index] is None:
-            known = connection.execute(
+            known = cursor.execute(
                 KNOWN, {"source": row["source"], "key": row["key"]}, prepare=True
             ).fetchall()
             ids = [int(r[1]) for r in known if r[1] is not None]

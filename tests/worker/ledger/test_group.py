@@ -89,6 +89,18 @@ def pile_up(coordinator: GroupCommit[str, str], writes: Writes, items: str) -> l
     return callers
 
 
+def let_go(
+    answer: Callable[[Sequence[str]], list[str]], items: str
+) -> tuple[GroupCommit[str, str], Writes, list[str | BaseException | None]]:
+    """``items`` piled up behind a held first write, then released: the coordinator, its
+    writes and each caller's outcome, the leader's first."""
+    writes = Writes(answer)
+    coordinator = GroupCommit(writes)
+    callers = pile_up(coordinator, writes, items)
+    writes.release.set()
+    return coordinator, writes, [caller.outcome() for caller in callers]
+
+
 def test_a_lone_caller_writes_at_once_on_its_own_thread_in_a_group_of_one() -> None:
     writes = Writes(hold_first=False)
     coordinator = GroupCommit(writes)
@@ -190,11 +202,7 @@ def test_a_failed_write_still_hands_the_lead_to_those_waiting() -> None:
             raise RuntimeError("first write fails")
         return [f"{item}!" for item in items]
 
-    writes = Writes(answer)
-    coordinator = GroupCommit(writes)
-    callers = pile_up(coordinator, writes, "abc")
-    writes.release.set()
-    outcomes = [caller.outcome() for caller in callers]
+    coordinator, writes, outcomes = let_go(answer, "abc")
     assert isinstance(outcomes[0], RuntimeError) and str(outcomes[0]) == "first write fails"
     assert outcomes[1:] == ["b!", "c!"]
     assert writes.groups == [["a"], ["b", "c"]]
@@ -205,11 +213,8 @@ def test_a_base_exception_from_write_is_every_callers_outcome_too() -> None:
     def answer(items: Sequence[str]) -> list[str]:
         raise KeyboardInterrupt
 
-    writes = Writes(answer)
-    coordinator = GroupCommit(writes)
-    callers = pile_up(coordinator, writes, "ab")
-    writes.release.set()
-    assert all(isinstance(caller.outcome(), KeyboardInterrupt) for caller in callers)
+    coordinator, _, outcomes = let_go(answer, "ab")
+    assert all(isinstance(outcome, KeyboardInterrupt) for outcome in outcomes)
     assert (coordinator.groups, coordinator.items) == (2, 2)
 
 
@@ -220,11 +225,7 @@ def test_a_wrong_number_of_outcomes_is_an_error_for_every_caller(answer_count: i
             return [f"answer {n}" for n in range(answer_count)]
         return [f"{item}!" for item in items]
 
-    writes = Writes(answer)
-    coordinator = GroupCommit(writes)
-    callers = pile_up(coordinator, writes, "abc")
-    writes.release.set()
-    outcomes = [caller.outcome() for caller in callers]
+    coordinator, writes, outcomes = let_go(answer, "abc")
     assert outcomes[0] == "a!"
     for outcome in outcomes[1:]:  # no caller takes an answer that may be another's
         assert isinstance(outcome, RuntimeError)
