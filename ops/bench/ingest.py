@@ -128,6 +128,10 @@ function init(args)
     k = k + 1
   end
   idx = 0
+  local think = tonumber(args[3]) or 0
+  if think > 0 then  -- each connection waits this long before its next request
+    delay = function() return think end
+  end
 end
 
 function request()
@@ -384,6 +388,7 @@ def wrk(
         "--",
         str(requests_file),
         str(args.wrk_threads),
+        str(args.think_ms),
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in done.stdout.splitlines():
@@ -1102,6 +1107,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the naive route's threads (4: its best on 2 CPUs, docs/benchmarks.md)",
     )
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
+    parser.add_argument(
+        "--think-ms",
+        type=int,
+        default=0,
+        help="each connection waits this long before its next request (0)",
+    )
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (2)")
     parser.add_argument("--seconds", type=float, default=15.0, help="per phase (15)")
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up per server (3)")

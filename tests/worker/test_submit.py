@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from kombu.common import maybe_declare
 from worker.celery_app import TASK_FOR_KIND, create_celery
 from worker.config import Settings
 from worker.ledger.store import Due
-from worker.submit import PUBLISH_CHUNK, publish, queue_for
+from worker.submit import PUBLISH_CHUNK, _Messages, _RedisLists, _uuid4, publish, queue_for
 
 PER_MESSAGE = {
     "headers": {"id", "root_id", "origin", "eta"},
@@ -110,3 +112,42 @@ def test_every_command_gets_its_own_message_on_its_channels_queue(
         ids = [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
         assert ids == [d.id for d in due if d.channel == channel]
         assert len({m["headers"]["id"] for m in messages}) == len(messages)
+
+
+def test_kombu_and_the_direct_writer_send_the_same_message(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    celery = celery_on(tmp_path, redis_url)
+    publish(celery, [Due(3, "untag", "main")])
+    monkeypatch.setattr(_RedisLists, "of", classmethod(lambda cls, producer, messages: None))
+    publish(celery, [Due(3, "untag", "main")])
+
+    direct, through_kombu = take_all(redis_url, queue_for("main"))
+
+    assert comparable(direct) == comparable(through_kombu)
+
+
+def test_compressed_messages_go_through_kombu_as_send_task_sends_them(
+    tmp_path: Path, redis_url: str
+) -> None:
+    celery = celery_on(tmp_path, redis_url)
+    celery.conf.task_compression = "gzip"
+    with celery.producer_or_acquire() as producer:
+        assert _RedisLists.of(producer, _Messages(celery, None)) is None
+    send_task_message(celery, 12, "upsert", "main")
+    assert publish(celery, [Due(12, "upsert", "main")]) == 1
+
+    theirs, ours = take_all(redis_url, queue_for("main"))
+
+    assert ours["headers"]["compression"] == "application/x-gzip"
+    assert comparable(ours) == comparable(theirs)
+
+
+def test_the_direct_writers_ids_are_random_uuid4s() -> None:
+    ids = [_uuid4(os.urandom(16).hex()) for _ in range(2000)]
+
+    parsed = [uuid.UUID(json.loads(quoted)) for quoted in ids]
+
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert [f'"{u}"' for u in parsed] == ids
+    assert len(set(ids)) == len(ids)

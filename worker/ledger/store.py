@@ -159,12 +159,19 @@ class Ledger:
             if engine.dialect.name == "postgresql"
             else None
         )
-        self._outbox_head = (
-            select(outbox.c.command_id, outbox.c.kind, outbox.c.channel)
+        head = (
+            select(outbox.c.command_id)
             .order_by(outbox.c.command_id)
             .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
         )
+        self._outbox_take = (
+            delete(outbox)
+            .where(outbox.c.command_id.in_(head))
+            .returning(outbox.c.command_id, outbox.c.kind, outbox.c.channel)
+        )
+        """The outbox's oldest rows, taken out (``FOR UPDATE SKIP LOCKED`` on PostgreSQL):
+        one statement that locks and deletes, rather than a lock and then a delete."""
 
     def __repr__(self) -> str:
         return f"Ledger({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -602,8 +609,9 @@ class Ledger:
 
     def relay(self, send: Callable[[Sequence[Due]], int], *, limit: int = 500) -> int:
         """Hand the outbox's oldest rows to ``send``, which publishes their messages in
-        order and returns how many it sent, then delete the rows of those sent, in one
-        transaction; returns that count.
+        order and returns how many it sent, in one transaction that takes those rows out of
+        the outbox and puts back any it did not send; returns that count. If ``send`` raises,
+        the transaction rolls back and every row stays.
 
         On PostgreSQL the rows are taken ``FOR UPDATE SKIP LOCKED``: relays in several
         workers share the outbox without publishing a row twice. A relay that dies between
@@ -611,13 +619,18 @@ class Ledger:
         which the claim makes harmless, and never one not sent."""
 
         def work(connection: Connection) -> int:
-            rows = connection.execute(self._outbox_head, {"limit": limit}).all()
+            rows = sorted(connection.execute(self._outbox_take, {"limit": limit}).all())
             if not rows:
                 return 0
             sent = send([Due(*row) for row in rows])
-            if sent:
-                taken = [row[0] for row in rows[:sent]]
-                connection.execute(delete(outbox).where(outbox.c.command_id.in_(taken)))
+            if sent < len(rows):  # the broker stopped taking: the rest stay for the next try
+                connection.execute(
+                    outbox.insert(),
+                    [
+                        {"command_id": command_id, "kind": kind, "channel": channel}
+                        for command_id, kind, channel in rows[sent:]
+                    ],
+                )
             return sent
 
         return int(self._write(work))
