@@ -46,6 +46,10 @@ bench-compare: $(STAMP) ## contactsync against the obvious Celery implementation
 bench-ingest: $(STAMP) ## ingest speed: the receiver under gunicorn against a naive task.delay route, and a worker's CPU per command (needs Redis + PostgreSQL + wrk, ~5 min)
 	$(BIN)/python -m ops.bench.ingest $(ARGS)
 
+.PHONY: bench-publish
+bench-publish: $(STAMP) ## the relay's CPU per task message, each way of writing it (needs redis-server, ~1 min)
+	$(BIN)/python -m ops.bench.publish $(ARGS)
+
 .PHONY: chaos
 chaos: $(STAMP) ## every fault scenario at a longer size, on dedicated Redis/PostgreSQL/RabbitMQ (~25 min)
 	$(BIN)/python -m ops.chaos --scenario all --events 900 --seconds 90 $(ARGS)

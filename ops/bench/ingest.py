@@ -26,6 +26,8 @@ git revision (a git worktree, started from there so that its packages shadow our
 database and Redis database; with its relay if it has one). ``--relay-apart`` adds phases
 of ours with its relay stopped (SIGSTOP) while the load runs, publishing after it: the
 receiver alone on the machine, as when relays run in workers on other machines.
+``--think-ms N`` has each connection wait N ms before its next request (wrk's ``delay``),
+as senders across a network do; wrk's latency still times the request alone.
 
 Per phase: events/s (2xx answers ÷ duration), p50/p90/p99/max latency as wrk measures it
 (closed loop: each connection sends its next request when the answer came), errors
@@ -41,7 +43,7 @@ the worker's own relay (its CPU counts).
 ``--profile`` also samples ours (an extra phase) and the worker with ``py-spy --gil``.
 
     python -m ops.bench.ingest [--workers W --threads 8] [--naive-workers 2 --naive-threads 4]
-                               [--connections 16]
+                               [--connections 16] [--think-ms 0]
                                [--seconds 15 --rounds 2] [--before REVISION]
                                [--relay-apart] [--profile]
                                [--worker-cost 2000] [--json out.json]
