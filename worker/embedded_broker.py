@@ -54,6 +54,13 @@ class Transport(filesystem.Transport):
 
     Channel = Channel
 
+    @property
+    def default_connection_params(self) -> dict[str, Any]:
+        """No default host: there is none to connect to (kombu's virtual transports name
+        ``localhost``, and kombu then warns "No hostname was supplied" each time it copies
+        a connection whose URL has none, as ``contactsync-fs://`` does: at every publish)."""
+        return {"port": self.default_port}
+
 
 def register() -> None:
     """Make ``contactsync-fs://`` a broker URL kombu knows."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -151,3 +152,16 @@ def test_the_direct_writers_ids_are_random_uuid4s() -> None:
     assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in parsed)
     assert [f'"{u}"' for u in parsed] == ids
     assert len(set(ids)) == len(ids)
+
+
+def test_the_embedded_broker_takes_messages_without_a_hostname_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    celery = create_celery(Settings(data_dir=tmp_path / "data"))
+    caplog.set_level(logging.WARNING)
+
+    assert publish(celery, [Due(n, "upsert", "main") for n in (1, 2)]) == 2
+
+    written = sorted((tmp_path / "data").rglob(f"*.{queue_for('main')}.msg"))
+    assert len(written) == 2
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("kombu")] == []
