@@ -204,9 +204,9 @@ class _RedisLists:
     def of(cls, producer: Producer, messages: _Messages) -> _RedisLists | None:
         """The direct writer for ``producer``'s channel, or ``None`` where kombu must write."""
         channel = producer.channel
-        transport = channel.connection.client.transport
+        connection = getattr(channel.connection, "client", None)  # kombu's, on any transport
         if (
-            getattr(transport, "driver_type", None) != "redis"
+            getattr(getattr(connection, "transport", None), "driver_type", None) != "redis"
             or messages.serializer != "json"
             or messages.compression is not None
             or getattr(channel, "_expires", None)

@@ -165,3 +165,20 @@ def test_the_embedded_broker_takes_messages_without_a_hostname_warning(
     written = sorted((tmp_path / "data").rglob(f"*.{queue_for('main')}.msg"))
     assert len(written) == 2
     assert [r.getMessage() for r in caplog.records if r.name.startswith("kombu")] == []
+
+
+def test_on_rabbitmq_the_messages_go_through_kombu(tmp_path: Path, rabbitmq_url: str) -> None:
+    celery = create_celery(Settings(data_dir=tmp_path / "data", broker_url=rabbitmq_url))
+    queue = queue_for("main")
+    with celery.producer_or_acquire() as producer:
+        assert _RedisLists.of(producer, _Messages(celery, None)) is None
+
+    assert publish(celery, [Due(n, "tag", "main") for n in (4, 5)]) == 2
+
+    with celery.connection_for_write() as connection:
+        channel = connection.default_channel
+        taken = [channel.basic_get(queue, no_ack=True) for _ in range(2)]
+        assert channel.basic_get(queue, no_ack=True) is None
+    bodies = [json.loads(message.body) for message in taken]
+    assert [body[0] for body in bodies] == [[4], [5]]
+    assert [message.headers["task"] for message in taken] == [TASK_FOR_KIND["tag"]] * 2
