@@ -297,3 +297,74 @@ def test_many_threads_each_get_their_own_outcome_and_every_item_is_written_once(
     assert max(sizes) <= 5
     assert coordinator.items == total == sum(sizes)
     assert coordinator.groups == len(sizes) < total  # some went together
+
+
+class Linger:
+    """A ``sleep`` for the coordinator that notes each linger and, during one, runs
+    ``during`` (callers that arrive while the leader waits)."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+        self.during: Callable[[], None] | None = None
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        if self.during is not None:
+            during, self.during = self.during, None
+            during()
+
+
+def test_a_lone_caller_never_lingers() -> None:
+    writes = Writes(hold_first=False)
+    linger = Linger()
+    coordinator = GroupCommit(writes, linger_s=5.0, sleep=linger)
+
+    assert [coordinator.submit(item) for item in "abc"] == ["a!", "b!", "c!"]
+
+    assert linger.calls == []
+    assert writes.groups == [["a"], ["b"], ["c"]]
+
+
+def test_after_a_group_of_several_the_next_leader_lingers_and_takes_who_came_meanwhile() -> None:
+    writes = Writes()
+    linger = Linger()
+    coordinator = GroupCommit(writes, linger_s=0.002, sleep=linger)
+    callers = pile_up(coordinator, writes, "abc")
+    writes.release.set()
+    assert [caller.outcome() for caller in callers] == ["a!", "b!", "c!"]
+    assert writes.groups == [["a"], ["b", "c"]]  # the second leader had no company before
+    assert linger.calls == []
+    late: list[Caller] = []
+
+    def arrive() -> None:
+        caller = Caller(coordinator, "e")
+        caller.start()
+        waiting(coordinator, 2)  # d, the leader, and e behind it
+        late.append(caller)
+
+    linger.during = arrive
+    assert coordinator.submit("d") == "d!"
+
+    assert linger.calls == [0.002]
+    assert late[0].outcome() == "e!"
+    assert writes.groups[2:] == [["d", "e"]]
+
+
+def test_a_group_of_one_after_a_linger_stops_the_lingering() -> None:
+    writes = Writes()
+    linger = Linger()
+    coordinator = GroupCommit(writes, linger_s=0.002, sleep=linger)
+    callers = pile_up(coordinator, writes, "abc")
+    writes.release.set()
+    [caller.outcome() for caller in callers]
+
+    assert coordinator.submit("d") == "d!"  # lingers once, and nobody comes
+    assert coordinator.submit("e") == "e!"  # after a group of one: at once
+
+    assert linger.calls == [0.002]
+    assert writes.groups[2:] == [["d"], ["e"]]
+
+
+def test_a_negative_linger_is_refused() -> None:
+    with pytest.raises(ValueError, match="linger_s"):
+        GroupCommit(Writes(), linger_s=-0.001)
