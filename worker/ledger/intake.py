@@ -125,11 +125,9 @@ KNOWN = """
 """What the ledger holds for a known event key: its id and its commands' ids."""
 
 LINGER_S = 0.001
-"""How long a group's leader waits for company when the last group had some (GroupCommit's
-``linger_s``). Measured in the ingest benchmark at the default shape (docs/benchmarks.md,
-"Ingest"): groups of 2.5 to 3.4 events instead of 1.6 to 2.0, and 1.0 to 1.25 times the
-events per second, with less CPU per event in the web processes and in PostgreSQL and a
-lower p99; a request alone, or after one that was alone, never waits."""
+"""How long a group's leader waits for company when the process is writing often
+(GroupCommit's ``linger_s``; ``busy_s`` is its default, 10 ms). Measured in the ingest
+benchmark at the default shape (docs/benchmarks.md, "Ingest")."""
 
 Outcome = tuple[int, list[int], bool]
 """What was kept for one event: its id, its commands' ids, whether its key was known."""

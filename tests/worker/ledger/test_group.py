@@ -300,12 +300,14 @@ def test_many_threads_each_get_their_own_outcome_and_every_item_is_written_once(
 
 
 class Linger:
-    """A ``sleep`` for the coordinator that notes each linger and, during one, runs
-    ``during`` (callers that arrive while the leader waits)."""
+    """A ``sleep`` and a ``clock`` for the coordinator: notes each linger and, during one,
+    runs ``during`` (callers that arrive while the leader waits); the clock moves only when
+    the test moves it."""
 
     def __init__(self) -> None:
         self.calls: list[float] = []
         self.during: Callable[[], None] | None = None
+        self.now = 100.0
 
     def __call__(self, seconds: float) -> None:
         self.calls.append(seconds)
@@ -313,56 +315,73 @@ class Linger:
             during, self.during = self.during, None
             during()
 
+    def clock(self) -> float:
+        return self.now
 
-def test_a_lone_caller_never_lingers() -> None:
+
+def lingering(writes: Writes, linger: Linger) -> GroupCommit[str, str]:
+    return GroupCommit(writes, linger_s=0.002, busy_s=0.01, sleep=linger, clock=linger.clock)
+
+
+def test_a_caller_after_a_quiet_spell_writes_at_once() -> None:
     writes = Writes(hold_first=False)
     linger = Linger()
-    coordinator = GroupCommit(writes, linger_s=5.0, sleep=linger)
+    coordinator = lingering(writes, linger)
 
-    assert [coordinator.submit(item) for item in "abc"] == ["a!", "b!", "c!"]
+    assert coordinator.submit("a") == "a!"  # the first write: nothing before it
+    linger.now += 0.011  # longer than busy_s since it ended
+    assert coordinator.submit("b") == "b!"
 
     assert linger.calls == []
-    assert writes.groups == [["a"], ["b"], ["c"]]
+    assert writes.groups == [["a"], ["b"]]
 
 
-def test_after_a_group_of_several_the_next_leader_lingers_and_takes_who_came_meanwhile() -> None:
-    writes = Writes()
+def test_a_leader_soon_after_a_write_lingers_and_takes_who_came_meanwhile() -> None:
+    writes = Writes(hold_first=False)
     linger = Linger()
-    coordinator = GroupCommit(writes, linger_s=0.002, sleep=linger)
-    callers = pile_up(coordinator, writes, "abc")
-    writes.release.set()
-    assert [caller.outcome() for caller in callers] == ["a!", "b!", "c!"]
-    assert writes.groups == [["a"], ["b", "c"]]  # the second leader had no company before
-    assert linger.calls == []
+    coordinator = lingering(writes, linger)
+    assert coordinator.submit("a") == "a!"
     late: list[Caller] = []
 
     def arrive() -> None:
-        caller = Caller(coordinator, "e")
+        caller = Caller(coordinator, "c")
         caller.start()
-        waiting(coordinator, 2)  # d, the leader, and e behind it
+        waiting(coordinator, 2)  # b, the leader, and c behind it
         late.append(caller)
 
+    linger.now += 0.009  # within busy_s of the last write's end
     linger.during = arrive
-    assert coordinator.submit("d") == "d!"
+    assert coordinator.submit("b") == "b!"
 
     assert linger.calls == [0.002]
-    assert late[0].outcome() == "e!"
-    assert writes.groups[2:] == [["d", "e"]]
+    assert late[0].outcome() == "c!"
+    assert writes.groups == [["a"], ["b", "c"]]
 
 
-def test_a_group_of_one_after_a_linger_stops_the_lingering() -> None:
+def test_callers_piled_up_behind_a_write_are_taken_after_a_linger_too() -> None:
     writes = Writes()
     linger = Linger()
-    coordinator = GroupCommit(writes, linger_s=0.002, sleep=linger)
+    coordinator = lingering(writes, linger)
+    callers = pile_up(coordinator, writes, "abc")
+    writes.release.set()
+
+    assert [caller.outcome() for caller in callers] == ["a!", "b!", "c!"]
+    assert writes.groups == [["a"], ["b", "c"]]
+    assert linger.calls == [0.002]  # b took the lead the moment a's write ended
+
+
+def test_without_a_linger_a_leader_never_sleeps() -> None:
+    writes = Writes()
+    linger = Linger()
+    coordinator = GroupCommit(writes, sleep=linger, clock=linger.clock)
     callers = pile_up(coordinator, writes, "abc")
     writes.release.set()
     [caller.outcome() for caller in callers]
 
-    assert coordinator.submit("d") == "d!"  # lingers once, and nobody comes
-    assert coordinator.submit("e") == "e!"  # after a group of one: at once
+    assert coordinator.submit("d") == "d!"
 
-    assert linger.calls == [0.002]
-    assert writes.groups[2:] == [["d"], ["e"]]
+    assert linger.calls == []
+    assert writes.groups == [["a"], ["b", "c"], ["d"]]
 
 
 def test_a_negative_linger_is_refused() -> None:
