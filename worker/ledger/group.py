@@ -10,18 +10,11 @@ commit for many.
 
 This is the leader/follower scheme of database write groups (PostgreSQL's own WAL group
 commit, RocksDB's write groups), here in front of the database rather than inside it.
-
-With ``linger_s``, a leader that comes within ``busy_s`` of the end of the last write (the
-process is writing often: others are on their way) first waits that long, so that they join
-its group: PostgreSQL's ``commit_delay``, in front of the database. A caller after a quiet
-spell writes at once. Fewer, larger groups cost less per item on both sides of the
-connection (docs/benchmarks.md, "Ingest").
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -57,23 +50,11 @@ class GroupCommit(Generic[T, R]):
         write: Callable[[Sequence[T]], Sequence[R | BaseException]],
         *,
         max_group: int = 64,
-        linger_s: float = 0.0,
-        busy_s: float = 0.01,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_group < 1:
             raise ValueError("max_group must be at least 1")
-        if linger_s < 0:
-            raise ValueError("linger_s must not be negative")
         self._write = write
         self._max_group = max_group
-        self._linger_s = linger_s
-        self._busy_s = busy_s
-        self._sleep = sleep
-        self._clock = clock
-        self._last_end = -float("inf")
-        """When the last write ended (``clock``)."""
         self._mutex = threading.Lock()
         self._waiting: deque[_Slot[T, R]] = deque()
         self._leading = False
@@ -98,8 +79,6 @@ class GroupCommit(Generic[T, R]):
         return outcome  # type: ignore[return-value]
 
     def _lead(self) -> None:
-        if self._linger_s and self._clock() - self._last_end < self._busy_s:
-            self._sleep(self._linger_s)  # writing often: let those on their way join
         # The leader's own slot is the oldest waiting: it is in the group it takes.
         with self._mutex:
             count = min(self._max_group, len(self._waiting))
@@ -115,7 +94,6 @@ class GroupCommit(Generic[T, R]):
             with self._mutex:
                 self.groups += 1
                 self.items += len(group)
-                self._last_end = self._clock()
                 successor = self._waiting[0] if self._waiting else None
                 if successor is None:
                     self._leading = False

@@ -124,11 +124,6 @@ KNOWN = """
 """
 """What the ledger holds for a known event key: its id and its commands' ids."""
 
-LINGER_S = 0.001
-"""How long a group's leader waits for company when the process is writing often
-(GroupCommit's ``linger_s``; ``busy_s`` is its default, 10 ms). Measured in the ingest
-benchmark at the default shape (docs/benchmarks.md, "Ingest")."""
-
 Outcome = tuple[int, list[int], bool]
 """What was kept for one event: its id, its commands' ids, whether its key was known."""
 
@@ -147,7 +142,6 @@ class GroupIntake:
         *,
         clock: Callable[[], float] = time.time,
         max_group: int = 64,
-        linger_s: float = LINGER_S,
         on_group: Callable[[int], None] | None = None,
     ) -> None:
         self._engine = engine
@@ -155,7 +149,7 @@ class GroupIntake:
         self._on_group = on_group
         """Told each group's size (the metrics' histogram)."""
         self.groups: GroupCommit[dict[str, Any], Outcome] = GroupCommit(
-            self._write_group, max_group=max_group, linger_s=linger_s
+            self._write_group, max_group=max_group
         )
         """The group-commit coordinator (its counters tell the mean group size)."""
         self._held: _Held | None = None
