@@ -198,7 +198,6 @@ class _RedisLists:
         """The envelope as JSON text, each blank a ``str.format`` field taking JSON."""
         self._rest = json.dumps(body[1:])[1:]
         """The body's JSON after its arguments (its keyword arguments and embedded options)."""
-        self._tasks = {kind: json.dumps(task) for kind, task in TASK_FOR_KIND.items()}
 
     @classmethod
     def of(cls, producer: Producer, messages: _Messages) -> _RedisLists | None:
@@ -230,7 +229,7 @@ class _RedisLists:
         random = os.urandom(32).hex()
         body = f"[[{command_id}], {self._rest}".encode()
         return self._template.format(
-            task=self._tasks[kind],
+            task=_TASK_JSON[kind],
             id=_uuid4(random[:32]),
             argsrepr=f'"[{command_id}]"',
             body=f'"{base64.b64encode(body).decode()}"',
@@ -238,6 +237,9 @@ class _RedisLists:
             tag=_uuid4(random[32:]),
         )
 
+
+_TASK_JSON = {kind: json.dumps(task) for kind, task in TASK_FOR_KIND.items()}
+"""Each kind's task name, as JSON text for :class:`_RedisLists`' template."""
 
 _BLANK = "\0{}\0"
 """A blank of :class:`_RedisLists`' template (a NUL on each side, which no value has)."""

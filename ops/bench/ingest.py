@@ -1020,12 +1020,7 @@ def table(
         f"{info['system']}, load {' '.join(str(x) for x in info['loadavg'])}; "
         f"revision {info['revision']}",
         f"gunicorn gthread {args.workers} workers x {args.threads} threads each"
-        + (
-            f" (naive: {args.naive_workers or args.workers} x {args.naive_threads or args.threads})"
-            if args.naive_workers or args.naive_threads
-            else ""
-        )
-        + "; wrk "
+        f" (naive: {args.naive_workers} x {args.naive_threads}); wrk "
         f"{args.connections} connections ({args.wrk_threads} threads), {args.seconds:g} s "
         f"phases, {args.rounds} rounds",
         "",

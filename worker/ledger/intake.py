@@ -189,7 +189,7 @@ class GroupIntake:
                 connection = cursor.connection
                 if not (connection.closed or connection.broken or connection_cut(error)):
                     raise _Refused(error) from error
-                self._drop()
+                self.close()
                 if attempt == 1:
                     attempts = _idle_connections(self._engine) + 2
                 if attempt >= attempts:
@@ -220,14 +220,12 @@ class GroupIntake:
         self._held = _Held(os.getpid(), connection.cursor())
         return self._held.cursor
 
-    def _drop(self) -> None:
+    def close(self) -> None:
+        """Close this process's intake connection (the next record opens another); one
+        inherited across a fork is only forgotten."""
         held, self._held = self._held, None
         if held is not None and held.pid == os.getpid():
             held.cursor.connection.close()
-
-    def close(self) -> None:
-        """Close this process's intake connection (the next record opens another)."""
-        self._drop()
 
 
 _CUT_STATES = ("08", "57P01", "57P02", "57P03")
