@@ -129,6 +129,11 @@ WEB_WORKERS_MAX = 8
 this on a large machine would spend the database's connections before its CPUs."""
 
 
+WEB_WORKER_CLASS = "webhooks.server.LingeringThreadWorker"
+"""gunicorn's gthread, serving a prompt kept-alive connection's next request in the thread
+that answered its last (webhooks/server.py)."""
+
+
 def default_web_workers() -> int:
     """Two gunicorn processes per CPU this process may run on (at least 2, at most
     :data:`WEB_WORKERS_MAX`). A process writes one group of events at a time and its
@@ -172,7 +177,7 @@ def web(host: str, port: int, workers: int | None, threads: int) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("threads", threads)
-            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("worker_class", WEB_WORKER_CLASS)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("timeout", 30)
             self.cfg.set("control_socket_disable", True)  # no shared socket under $HOME

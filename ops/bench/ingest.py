@@ -1,7 +1,7 @@
 """Ingest speed: signed events per second the receiver accepts under gunicorn, against a
 naive Flask route that only calls ``task.delay(payload)``; then a worker's CPU per command.
 
-Two servers run side by side under gunicorn (gthread), each in the shape that suits it:
+Two servers run side by side under gunicorn, each in the shape that suits it:
 ``--workers`` x ``--threads`` (``contactsync web``'s defaults: 2 processes per CPU, at
 most 8, of 8 threads; its requests wait on the ledger's commit) and ``--naive-workers`` x
 ``--naive-threads`` (2 x 4: the naive route's best on this 2-CPU machine, where it slows
@@ -26,6 +26,9 @@ git revision (a git worktree, started from there so that its packages shadow our
 database and Redis database; with its relay if it has one). ``--relay-apart`` adds phases
 of ours with its relay stopped (SIGSTOP) while the load runs, publishing after it: the
 receiver alone on the machine, as when relays run in workers on other machines.
+Ours runs in ``contactsync web``'s own worker class (gthread serving a prompt kept-alive
+connection's next request in the same thread, :mod:`webhooks.server`), the naive route in
+gthread (``--naive-worker-class`` to run it in ours).
 ``--think-ms N`` has each connection wait N ms before its next request (wrk's ``delay``),
 as senders across a network do; wrk's latency still times the request alone.
 
@@ -94,7 +97,7 @@ from ops.bench.common import (
     say,
     throwaway_postgres,
 )
-from webhooks.cli import default_web_workers
+from webhooks.cli import WEB_WORKER_CLASS, default_web_workers
 from webhooks.signing import WebhookSecret, sign
 
 CHANNEL = "main"
@@ -575,7 +578,7 @@ def gunicorn(
                 "-m",
                 "gunicorn",
                 "--worker-class",
-                "gthread",
+                args.naive_worker_class,
                 "--workers",
                 str(args.naive_workers),
                 "--threads",
@@ -1019,8 +1022,8 @@ def table(
         f"machine: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
         f"{info['system']}, load {' '.join(str(x) for x in info['loadavg'])}; "
         f"revision {info['revision']}",
-        f"gunicorn gthread {args.workers} workers x {args.threads} threads each"
-        f" (naive: {args.naive_workers} x {args.naive_threads}); wrk "
+        f"gunicorn: ours {args.workers} workers x {args.threads} threads ({WEB_WORKER_CLASS}),"
+        f" naive {args.naive_workers} x {args.naive_threads} ({args.naive_worker_class}); wrk "
         f"{args.connections} connections ({args.wrk_threads} threads), {args.seconds:g} s "
         f"phases, {args.rounds} rounds",
         "",
@@ -1109,6 +1112,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=4,
         help="the naive route's threads (4: its best on 2 CPUs, docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--naive-worker-class",
+        default="gthread",
+        help=f"the naive route's gunicorn worker class (gthread; {WEB_WORKER_CLASS} to see what"
+        " ours' worker class is worth to it)",
     )
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
     parser.add_argument(

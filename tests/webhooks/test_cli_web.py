@@ -1,10 +1,12 @@
-"""contactsync web's process count when none is given."""
+"""contactsync web's process count when none is given, and its worker class."""
 
 from __future__ import annotations
 
 import pytest
+from gunicorn.util import load_class
 
-from webhooks.cli import WEB_WORKERS_MAX, default_web_workers
+from webhooks.cli import WEB_WORKER_CLASS, WEB_WORKERS_MAX, default_web_workers
+from webhooks.server import LingeringThreadWorker
 
 
 @pytest.mark.parametrize(("cpus", "workers"), [(1, 2), (2, 4), (3, 6), (4, 8), (64, 8)])
@@ -23,3 +25,7 @@ def test_without_affinity_the_cpu_count_counts(monkeypatch: pytest.MonkeyPatch) 
     assert default_web_workers() == 6
     monkeypatch.setattr("os.cpu_count", lambda: None)
     assert default_web_workers() == 2
+
+
+def test_the_worker_class_is_the_lingering_gthread() -> None:
+    assert load_class(WEB_WORKER_CLASS) is LingeringThreadWorker

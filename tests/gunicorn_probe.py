@@ -1,0 +1,32 @@
+"""A WSGI app and gunicorn hooks for the tests of :mod:`webhooks.server`, served by a real
+gunicorn (``--config python:gunicorn_probe gunicorn_probe:app``, ``tests`` on the path).
+
+Each answer's body is ``<served> <in vain>``, the worker process's counts when this request
+began: requests served by the thread that answered the one before on the same connection,
+and waits for a connection's next request that ended without one (``-`` for a worker
+class without them).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+_request = threading.local()
+
+
+def pre_request(worker: Any, _req: Any) -> None:
+    """gunicorn's hook, in the thread that is about to call the app."""
+    _request.counts = (
+        f"{getattr(worker, 'served_in_thread', '-')} {getattr(worker, 'waited_in_vain', '-')}"
+    )
+
+
+def app(
+    environ: dict[str, Any], start_response: Callable[[str, list[tuple[str, str]]], Any]
+) -> Iterable[bytes]:
+    environ["wsgi.input"].read()
+    body = _request.counts.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
