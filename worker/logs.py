@@ -83,6 +83,9 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    # Nor the caller's file and line: without a source file to look for, a record is made
+    # without walking the stack for its caller (the same table; 32 → 23 µs a line here).
+    logging._srcfile = None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

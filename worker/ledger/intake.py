@@ -3,9 +3,9 @@
 Every generic event and every vendor record is one event with one command. The requests
 that a process answers at the same moment are recorded together (:class:`GroupCommit`):
 one statement (:data:`RECORD`) for the group, with its rows as one JSON parameter, run in
-autocommit, so one round trip and one commit for the group; through the driver itself, on
-a connection the process keeps for it, the statement prepared once per connection. What that
-saves, per event, is measured in docs/benchmarks.md ("Ingest").
+autocommit, so one round trip and one commit for the group; through libpq itself (psycopg's
+``pgconn``), on a connection the process keeps for it, the statement prepared once per
+connection. What that saves, per event, is measured in docs/benchmarks.md ("Ingest").
 
 The statement takes the contacts' rows in (channel, contact key) order, so that two
 processes' groups never wait on each other in a cycle; a contact's events are numbered in
@@ -20,11 +20,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import psycopg
+from psycopg import pq
+from psycopg.errors import error_from_result
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError
 
@@ -116,6 +119,33 @@ A request alone (most of them when the receiver is not saturated) is the common 
 for it this costs PostgreSQL about a third less CPU than taking one row apart from JSON
 (``ops/bench/recording.py``)."""
 
+TEXT, FLOAT8 = 25, 701
+"""The parameters' type OIDs, given when the statements are prepared: PostgreSQL cannot
+infer a type for a parameter in a select list (``now`` in the commands' ``SELECT``)."""
+
+
+class Prepared(NamedTuple):
+    """A statement as libpq prepares it: ``$n`` placeholders, its parameters' names in
+    that order, and their types."""
+
+    name: bytes
+    sql: bytes
+    params: tuple[str, ...]
+    types: tuple[int, ...]
+
+    @classmethod
+    def of(cls, name: str, query: str, floats: frozenset[str] = frozenset({"now"})) -> Prepared:
+        """``query``'s ``%(name)s`` placeholders numbered in order of first use."""
+        params = tuple(dict.fromkeys(re.findall(r"%\((\w+)\)s", query)))
+        for number, param in enumerate(params, 1):
+            query = query.replace(f"%({param})s", f"${number}")
+        types = tuple(FLOAT8 if param in floats else TEXT for param in params)
+        return cls(name.encode(), query.encode(), params, types)
+
+
+PREPARED_ONE = Prepared.of("contactsync_record_one", RECORD_ONE)
+PREPARED_GROUP = Prepared.of("contactsync_record", RECORD)
+
 KNOWN = """
     SELECT events.id, commands.id FROM events
     LEFT JOIN commands ON commands.event_id = events.id
@@ -182,12 +212,19 @@ class GroupIntake:
         one."""
         attempts = 1
         for attempt in itertools.count(1):
+            held = self._held
             cursor = self._cursor()
+            unprepared = self._held is not held  # a new connection: its statements first
             try:
+                if unprepared:
+                    _prepare(cursor.connection)
+                    unprepared = False
                 return _run(cursor, rows, self._clock())
             except psycopg.Error as error:
                 connection = cursor.connection
                 if not (connection.closed or connection.broken or connection_cut(error)):
+                    if unprepared:  # not to be used without them: the next group opens another
+                        self.close()
                     raise _Refused(error) from error
                 self.close()
                 if attempt == 1:
@@ -283,17 +320,14 @@ def _run(cursor: psycopg.Cursor[Any], rows: Sequence[dict[str, Any]], now: float
         first.setdefault((row["source"], row["key"]), index)
     state = CommandState.PENDING.value
     if len(first) == 1:
-        written = cursor.execute(
-            RECORD_ONE, {**rows[0], "now": now, "state": state}, prepare=True
-        ).fetchall()
+        written = _execute(cursor.connection, PREPARED_ONE, {**rows[0], "now": now, "state": state})
     else:
         sent = [dict(rows[index], ord=index) for index in first.values()]
-        written = cursor.execute(
-            RECORD, {"rows": json.dumps(sent), "now": now, "state": state}, prepare=True
-        ).fetchall()
+        values = {"rows": json.dumps(sent), "now": now, "state": state}
+        written = _execute(cursor.connection, PREPARED_GROUP, values)
     outcomes: list[Outcome | None] = [None] * len(rows)
     for index, event_id, command_id in written:
-        outcomes[index] = (int(event_id), [int(command_id)], False)
+        outcomes[index] = (event_id, [command_id], False)
     for index, row in enumerate(rows):
         if outcomes[index] is None:
             known = cursor.execute(
@@ -302,6 +336,49 @@ def _run(cursor: psycopg.Cursor[Any], rows: Sequence[dict[str, Any]], now: float
             ids = [int(r[1]) for r in known if r[1] is not None]
             outcomes[index] = (int(known[0][0]), ids, True)
     return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _execute(
+    connection: psycopg.Connection[Any], statement: Prepared, values: dict[str, Any]
+) -> list[tuple[int, int, int]]:
+    """Run a prepared statement through libpq, its parameters sent as text: its rows of
+    three integers. psycopg's cursor does the same with more steps in Python (adapting each
+    value, its prepared-statement cache, the result's loaders): through libpq the client
+    spends about a third less CPU per group (docs/benchmarks.md). libpq releases the GIL
+    while it waits, as the cursor does; a failure is raised as psycopg raises it, and a NUL
+    in a value (which libpq would take for the end of the text) as psycopg's dumper does."""
+    params: list[bytes | None] = []
+    for name in statement.params:
+        value = values[name]
+        text = None if value is None else str(value)
+        if text is not None and "\x00" in text:  # libpq would cut the text at the NUL
+            raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+        params.append(None if text is None else text.encode())
+    result = connection.pgconn.exec_prepared(statement.name, cast(Any, params))  # None: NULL
+    _check(connection, result, pq.ExecStatus.TUPLES_OK)
+    field = result.get_value
+    return [
+        (int(field(n, 0) or b""), int(field(n, 1) or b""), int(field(n, 2) or b""))
+        for n in range(result.ntuples)
+    ]
+
+
+def _prepare(connection: psycopg.Connection[Any]) -> None:
+    """Prepare the intake's statements on a connection it has just opened."""
+    for statement in (PREPARED_ONE, PREPARED_GROUP):
+        result = connection.pgconn.prepare(statement.name, statement.sql, statement.types)
+        _check(connection, result, pq.ExecStatus.COMMAND_OK)
+
+
+def _check(connection: psycopg.Connection[Any], result: pq.abc.PGresult, status: int) -> None:
+    """Raise what psycopg would for a result that is not ``status``: the server's error, or
+    an :class:`psycopg.OperationalError` when the connection itself was lost."""
+    if result.status == status:
+        return
+    if connection.pgconn.status == pq.ConnStatus.BAD:
+        message = (result.error_message or connection.pgconn.error_message).decode(errors="replace")
+        raise psycopg.OperationalError(message.strip() or "the connection was lost")
+    raise error_from_result(result, encoding=connection.info.encoding)
 
 
 def row(source: str, key: str, type_: str, event_payload: Any, command: Command) -> dict[str, Any]:

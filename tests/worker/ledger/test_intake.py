@@ -530,6 +530,31 @@ def test_a_database_down_at_the_retry_is_unavailable(
     assert not after.duplicate  # nothing was kept from the refused attempt
 
 
+def test_a_connection_whose_statements_could_not_be_prepared_is_not_used_again(
+    postgres_url: str,
+) -> None:
+    """The statements are prepared on a connection before its first group. When that fails
+    for a reason other than a cut (here: the ledger's tables are not there yet), the group
+    is refused and the connection dropped: the next group prepares them on another, rather
+    than running statements that were never prepared."""
+    name = f"{postgres_url.rsplit('/', 1)[1]}_unprepared"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    engine = connect(f"{postgres_url.rsplit('/', 1)[0]}/{name}")
+    try:
+        intake = GroupIntake(engine, clock=Clock())
+        [refused] = intake._write_group([one("before-migrate")])
+        assert isinstance(refused, psycopg.errors.UndefinedTable), refused
+        migrate(engine)
+        [kept] = intake._write_group([one("after-migrate")])
+        assert recorded(kept)[2] is False
+        assert [e["key"] for e in event_rows(engine)] == ["after-migrate"]
+    finally:
+        engine.dispose()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
 # -- what is stored ----------------------------------------------------------------------
 
 
