@@ -50,6 +50,10 @@ bench-ingest: $(STAMP) ## ingest speed: the receiver under gunicorn against a na
 bench-publish: $(STAMP) ## the relay's CPU per task message, each way of writing it (needs redis-server, ~1 min)
 	$(BIN)/python -m ops.bench.publish $(ARGS)
 
+.PHONY: bench-server
+bench-server: $(STAMP) ## the receiver's gunicorn worker class against gthread, on a trivial app (needs wrk, ~2 min)
+	$(BIN)/python -m ops.bench.server $(ARGS)
+
 .PHONY: chaos
 chaos: $(STAMP) ## every fault scenario at a longer size, on dedicated Redis/PostgreSQL/RabbitMQ (~25 min)
 	$(BIN)/python -m ops.chaos --scenario all --events 900 --seconds 90 $(ARGS)
