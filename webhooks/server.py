@@ -44,6 +44,7 @@ class LingeringThreadWorker(ThreadWorker):  # type: ignore[misc]
         """Connections submitted to the thread pool and not yet taken by a thread."""
         self._taken = 0
         """Threads serving a connection or waiting for its next request."""
+        self._threads = int(self.cfg.threads)
         self.served_in_thread = 0
         """Requests served by the thread that answered the one before on their connection."""
         self.waited_in_vain = 0
@@ -76,7 +77,7 @@ class LingeringThreadWorker(ThreadWorker):  # type: ignore[misc]
         while the process runs, no connection waits for a thread and another is free."""
         if not self.alive or conn.is_http2 or self.cfg.is_ssl:
             return False
-        if self._queued > 0 or self._taken >= self.cfg.threads:
+        if self._queued > 0 or self._taken >= self._threads:
             return False
         if not conn.parser.unreader.buf.getvalue():  # else read ahead with the last request
             poller = select.poll()

@@ -9,6 +9,9 @@ Rows:
 - ``insert, autocommit``: one prepared single-row ``INSERT`` into ``events``, committed;
 - ``transaction path``: ``Ledger``'s SQLAlchemy path (BEGIN, four statements, COMMIT), what
   batches and SQLite take;
+- ``groups of 1 through psycopg's cursor``: the group intake's statement for one event run
+  with ``cursor.execute(..., prepare=True)``, as the intake ran it before it went through
+  libpq (the row below it is the same statement through libpq);
 - ``group intake, groups of N``: the group intake's one statement for N events
   (worker/ledger/intake.py), as the web process writes when N requests record at once.
 
@@ -33,7 +36,7 @@ import psycopg
 from ops.bench.common import PG_ADMIN, Database, cpu_s, throwaway_postgres
 from worker.commands import ContactRef, make_command
 from worker.ledger import Ledger, connect, migrate
-from worker.ledger.intake import GroupIntake, row
+from worker.ledger.intake import RECORD_ONE, GroupIntake, row
 from worker.ledger.store import NewEvent
 
 CONTACTS = 5000
@@ -127,10 +130,22 @@ def run(count: int) -> list[Row]:
 
             return work
 
+        def through_cursor(n: int) -> int:
+            """The group-of-one statement through psycopg's cursor, as the intake ran it
+            before it went through libpq."""
+            for _ in range(n):
+                values = {**as_row(new_event(next(numbers), run_id)), "now": time.time()}
+                values["state"] = "pending"
+                plain.execute(RECORD_ONE, values, prepare=True).fetchall()
+            return n
+
         try:
             results.append(measure("select 1", select_one, count, database))
             results.append(measure("insert, autocommit", insert, count, database))
             results.append(measure("transaction path", transaction, count, database))
+            results.append(
+                measure("groups of 1 through psycopg's cursor", through_cursor, count, database)
+            )
             for size in (1, 2, 4, 8, 16):
                 work = groups_of(size)
                 results.append(measure(f"group intake, groups of {size}", work, count, database))

@@ -344,7 +344,7 @@ def _execute(
     """Run a prepared statement through libpq, its parameters sent as text: its rows of
     three integers. psycopg's cursor does the same with more steps in Python (adapting each
     value, its prepared-statement cache, the result's loaders): through libpq the client
-    spends about a third less CPU per group (docs/benchmarks.md). libpq releases the GIL
+    spends about a fifth less CPU per group (ops/bench/recording.py). libpq releases the GIL
     while it waits, as the cursor does; a failure is raised as psycopg raises it, and a NUL
     in a value (which libpq would take for the end of the text) as psycopg's dumper does."""
     params: list[bytes | None] = []
