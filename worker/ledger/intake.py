@@ -346,14 +346,22 @@ def _execute(
     value, its prepared-statement cache, the result's loaders): through libpq the client
     spends about a fifth less CPU per group (ops/bench/recording.py). libpq releases the GIL
     while it waits, as the cursor does; a failure is raised as psycopg raises it, and a NUL
-    in a value (which libpq would take for the end of the text) as psycopg's dumper does."""
+    in a value (which libpq would take for the end of the text) or a value the connection's
+    encoding cannot write as a :class:`psycopg.DataError`, as psycopg's dumper does."""
+    encoding = connection.info.encoding
     params: list[bytes | None] = []
     for name in statement.params:
         value = values[name]
-        text = None if value is None else str(value)
-        if text is not None and "\x00" in text:  # libpq would cut the text at the NUL
+        if value is None:
+            params.append(None)
+            continue
+        text = str(value)
+        if "\x00" in text:  # libpq would cut the text at the NUL
             raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
-        params.append(None if text is None else text.encode())
+        try:
+            params.append(text.encode(encoding))
+        except UnicodeEncodeError as error:  # a lone surrogate, or outside the database's
+            raise psycopg.DataError(f"{name}: {error.reason}") from None
     result = connection.pgconn.exec_prepared(statement.name, cast(Any, params))  # None: NULL
     _check(connection, result, pq.ExecStatus.TUPLES_OK)
     field = result.get_value

@@ -332,6 +332,7 @@ UNSTORABLE = {
     "key longer than 300": {"key": "k" * 301},
     "NUL in the key": {"key": "bad\x00key"},
     "NUL in the match value": {"match_value": "ann\x00@example.com"},
+    "lone surrogate in the key": {"key": "bad\ud800key"},
     "channel longer than 100": {"channel": "c" * 101},
     "NaN in the command": {"command_payload": json.dumps({"fields": {"score": float("nan")}})},
 }
