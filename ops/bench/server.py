@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ops.bench.common import cpu_s, machine, say
-from ops.bench.ingest import children, free_port, median
+from ops.bench.ingest import children, free_port, median, wait_http
 from webhooks.cli import WEB_WORKER_CLASS
 
 CLASSES = {"gthread": "gthread", "lingering": WEB_WORKER_CLASS}
@@ -89,20 +88,12 @@ def serve(
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parents[2],
         )
-    deadline = time.monotonic() + 60
-    while len(children(process.pid)) < args.workers or not _answers(port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"gunicorn ({worker_class}) did not start; see {log}")
-        time.sleep(0.1)
-    return process, port
-
-
-def _answers(port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+        wait_http(f"http://127.0.0.1:{port}/", process, f"gunicorn ({worker_class})", log)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process, port
 
 
 def load(port: int, script: Path, args: argparse.Namespace, seconds: float) -> list[int]:
@@ -115,7 +106,7 @@ def load(port: int, script: Path, args: argparse.Namespace, seconds: float) -> l
         capture_output=True,
         text=True,
         check=False,
-        env={"THINK_MS": str(args.think_ms), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "THINK_MS": str(args.think_ms)},
     )
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -197,10 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="contactsync-server-") as folder:
         script = Path(folder) / "post.lua"
         script.write_text(SCRIPT)
-        servers = {
-            name: serve(cls, args, Path(folder) / f"{name}.log") for name, cls in CLASSES.items()
-        }
+        servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         try:
+            for name, cls in CLASSES.items():
+                servers[name] = serve(cls, args, Path(folder) / f"{name}.log")
             for _process, port in servers.values():
                 load(port, script, args, 2)  # warm-up
             phases = []
