@@ -81,12 +81,24 @@ def count_delivery(status: int, source: str, sources: Iterable[str]) -> None:
     """Count one answered delivery to ``/webhooks/<source>``."""
     label = source if source in sources else "unknown"  # URLs must not mint series
     duplicates: list[bool] | None = g.pop(_RECORDED, None)
-    counter = events_received()
     if duplicates is None:
-        counter.labels(label, "refused", str(status)).inc()
+        _series(label, "refused", status).inc()
         return
     for duplicate in duplicates:
-        counter.labels(label, "duplicate" if duplicate else "accepted", str(status)).inc()
+        _series(label, "duplicate" if duplicate else "accepted", status).inc()
+
+
+_children: dict[tuple[str, str, int], Any] = {}
+
+
+def _series(source: str, outcome: str, status: int) -> Any:
+    """The ``events_received`` child for these labels, kept once looked up: ``labels()``
+    validates and locks at every call, and every delivery counts one."""
+    key = (source, outcome, status)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = events_received().labels(source, outcome, str(status))
+    return child
 
 
 class LedgerCollector:
