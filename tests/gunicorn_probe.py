@@ -4,11 +4,13 @@ gunicorn (``--config python:gunicorn_probe gunicorn_probe:app``, ``tests`` on th
 Each answer's body is ``<served> <in vain>``, the worker process's counts when this request
 began: requests served by the thread that answered the one before on the same connection,
 and waits for a connection's next request that ended without one (``-`` for a worker
-class without them).
+class without them). ``GET /gc`` answers the number of objects the process froze
+(``gc.get_freeze_count()``).
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -27,6 +29,9 @@ def app(
     environ: dict[str, Any], start_response: Callable[[str, list[tuple[str, str]]], Any]
 ) -> Iterable[bytes]:
     environ["wsgi.input"].read()
-    body = _request.counts.encode()
+    if environ["PATH_INFO"] == "/gc":
+        body = str(gc.get_freeze_count()).encode()
+    else:
+        body = _request.counts.encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]

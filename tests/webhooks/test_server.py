@@ -119,6 +119,20 @@ def test_stock_gthread_serves_the_same_requests_without_the_counts(serve: Serve)
     assert {ask(connection) for _ in range(5)} == {("-", "-")}
 
 
+def frozen(connection: http.client.HTTPConnection) -> int:
+    connection.request("GET", "/gc")
+    response = connection.getresponse()
+    assert response.status == 200
+    return int(response.read())
+
+
+def test_what_loading_the_app_made_is_frozen_out_of_the_collector(serve: Serve) -> None:
+    """A full collection then skips the imports and the app: without the freeze, it walked
+    them all every few seconds under load, stalling every request of the process."""
+    assert frozen(serve(threads=2).connection()) > 1000
+    assert frozen(serve(threads=2, worker_class="gthread").connection()) == 0
+
+
 def test_a_connection_that_pauses_is_waited_for_once_then_not_again(serve: Serve) -> None:
     connection = serve(threads=2).connection()
     ask(connection)
