@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import jsonify
 from flask.testing import FlaskClient
 from stack import SECRET, signed_headers, write_config
 
@@ -71,6 +72,20 @@ def test_accepted_event_is_202_with_its_id_and_commands(
     (command_id,) = body["commands"]
     row = runtime.ledger.command(command_id)
     assert row is not None and row["state"] == "pending" and row["kind"] == "upsert"
+
+
+def test_the_accepted_answer_is_what_jsonify_writes(http: FlaskClient) -> None:
+    """The answer is written without jsonify's provider, to the byte as it would write it."""
+    event = {**EVENT, "id": 'evt-\u00e9"2'}  # escaped as Flask escapes it
+    single = post(http, json.dumps(event).encode())
+    batch = post(http, json.dumps([{**EVENT, "id": "evt-3"}, {**EVENT, "id": "evt-4"}]).encode())
+    with http.application.app_context():
+        for response in (single, batch):
+            expected = jsonify(response.get_json())
+            assert response.get_data() == expected.get_data()
+            assert response.headers["Content-Type"] == expected.headers["Content-Type"]
+    assert single.get_json()["event_id"] == 'evt-\u00e9"2'
+    assert [e["event_id"] for e in batch.get_json()["events"]] == ["evt-3", "evt-4"]
 
 
 def test_duplicate_is_200_and_records_nothing_new(http: FlaskClient, runtime: Runtime) -> None:
