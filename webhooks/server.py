@@ -59,7 +59,7 @@ class LingeringThreadWorker(ThreadWorker):  # type: ignore[misc]
         """Load the app, then freeze what loading made (gc.freeze): the imports, the app
         and its configuration are kept for the process's life, and a full collection no
         longer walks them. Unfrozen, a full collection of those 130 000 objects held the
-        GIL for 30 to 60 ms, every few seconds under load, stalling all the process's
+        GIL for 30 to 60 ms, about once every 6 000 requests, stalling all the process's
         requests at once (the receiver's p99, docs/benchmarks.md)."""
         super().load_wsgi()
         gc.collect()  # what loading left as garbage is freed, not frozen
