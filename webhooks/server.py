@@ -32,7 +32,24 @@ import threading
 import time
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.workers.gthread import ThreadWorker
+
+_formatdate = gunicorn_util.http_date
+_date: tuple[int, str] = (-1, "")
+
+
+def _http_date_once_a_second(timestamp: float | None = None) -> str:
+    """gunicorn's ``util.http_date``, the current second's text kept until the next."""
+    global _date
+    if timestamp is not None:
+        return str(_formatdate(timestamp))
+    now = int(time.time())
+    cached = _date
+    if cached[0] != now:
+        cached = _date = (now, str(_formatdate(now)))
+    return cached[1]
+
 
 LINGER = 0.005
 """How long a thread waits for a kept-alive connection's next request, seconds."""
@@ -54,6 +71,13 @@ class LingeringThreadWorker(ThreadWorker):  # type: ignore[misc]
         """Requests served by the thread that answered the one before on their connection."""
         self.waited_in_vain = 0
         """Waits for a connection's next request that ended without one."""
+
+    def init_process(self) -> None:
+        # In this process only (a worker, after the fork): the Date header of each answer
+        # made once a second, not once an answer (formatdate: 1.8 % of the receiver's GIL
+        # samples in the ingest profile). The header's resolution is the second.
+        gunicorn_util.http_date = _http_date_once_a_second
+        super().init_process()
 
     def load_wsgi(self) -> None:
         """Load the app, then freeze what loading made (gc.freeze): the imports, the app

@@ -63,6 +63,17 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        """The time to the second, made once a second (a receiver writes a line an event)."""
+        if datefmt is None:  # the default format prints milliseconds
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, super().formatTime(record, datefmt))
+        return cached[1]
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

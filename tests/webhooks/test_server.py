@@ -6,6 +6,7 @@ by the thread that answered the connection's last one, and waits that ended with
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import os
 import re
@@ -131,6 +132,21 @@ def test_what_loading_the_app_made_is_frozen_out_of_the_collector(serve: Serve) 
     them all about once every 6 000 requests, stalling every request of the process."""
     assert frozen(serve(threads=2).connection()) > 1000
     assert frozen(serve(threads=2, worker_class="gthread").connection()) == 0
+
+
+def test_the_date_header_is_the_current_second(serve: Serve) -> None:
+    """Made once a second in our worker class: never a second that has passed."""
+    connection = serve(threads=2).connection()
+    for pause in (0.0, 1.1, 0.3, 1.2):
+        time.sleep(pause)
+        before = int(time.time())
+        connection.request("POST", "/", body=b"{}")
+        response = connection.getresponse()
+        response.read()
+        after = int(time.time())
+        date = email.utils.parsedate_to_datetime(response.getheader("Date", ""))
+        assert before <= date.timestamp() <= after, (before, response.getheader("Date"), after)
+        assert response.getheader("Date", "").endswith(" GMT")
 
 
 def test_a_connection_that_pauses_is_waited_for_once_then_not_again(serve: Serve) -> None:

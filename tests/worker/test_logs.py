@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from source_kit import SourceKit
 from stack import SECRET, signed_headers
 
-from worker.logs import setup_logging
+from worker.logs import TextFormatter, setup_logging
 
 
 @pytest.fixture
@@ -60,3 +61,26 @@ def test_events_and_api_calls_log_their_ids_and_no_secret(
     token = kit.sandbox.token("main")
     for secret in (SECRET, SECRET.removeprefix("whsec_"), token):
         assert secret not in text
+
+
+def test_the_text_format_prints_each_records_own_second() -> None:
+    """The time is made once a second and kept: records of the next second get the next."""
+    formatter = TextFormatter()
+
+    def stamped(created: float) -> str:
+        return formatter.format(_record(created)).split()[0]
+
+    base = 1_700_000_000.0
+    expected = [time.strftime("%H:%M:%S", time.localtime(base + s)) for s in (0, 0.5, 1, 3, 2)]
+    assert [stamped(base + s) for s in (0, 0.5, 1, 3, 2)] == expected
+    assert len(set(expected)) == 4
+    default = logging.Formatter()  # no date format: milliseconds, not cached by ours
+    assert TextFormatter.formatTime(formatter, _record(base + 0.25), None) == default.formatTime(
+        _record(base + 0.25)
+    )
+
+
+def _record(created: float) -> logging.LogRecord:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+    record.created, record.msecs = created, (created % 1) * 1000
+    return record

@@ -26,6 +26,7 @@ import hmac
 import json
 import math
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -162,6 +163,23 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 no other way to write one (UTF-8 cannot encode a surrogate)."""
 
 
+_decoders = threading.local()
+
+
+def _decoder() -> json.JSONDecoder:
+    """This thread's strict decoder: ``json.loads`` with hooks builds one per call. One
+    per thread, as the C scanner keeps a memo of keys for the document it reads, and the
+    hooks (Python) let another thread run in the middle of a document."""
+    decoder: json.JSONDecoder | None = getattr(_decoders, "decoder", None)
+    if decoder is None:
+        decoder = _decoders.decoder = json.JSONDecoder(
+            parse_float=_finite_float,
+            parse_constant=_no_constants,
+            object_pairs_hook=_unique_keys,
+        )
+    return decoder
+
+
 def load_json(body: bytes) -> Any:
     """Parse a body strictly: UTF-8, no NaN/Infinity, no repeated keys, bounded nesting."""
     try:
@@ -169,12 +187,7 @@ def load_json(body: bytes) -> Any:
     except UnicodeDecodeError:
         raise MalformedBody("body is not UTF-8") from None
     try:
-        data = json.loads(
-            text,
-            parse_float=_finite_float,
-            parse_constant=_no_constants,
-            object_pairs_hook=_unique_keys,
-        )
+        data = _decoder().decode(text)
         # An escaped lone surrogate ("\ud800") parses but can never be sent on as UTF-8;
         # only a body with such an escape can hold one.
         if _SURROGATE_ESCAPE.search(text):

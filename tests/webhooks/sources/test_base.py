@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -36,3 +37,29 @@ def test_everything_else_parses_as_json_does(text: str, value: str) -> None:
 def test_nesting_past_the_interpreter_is_malformed() -> None:
     with pytest.raises(MalformedBody, match="nested too deeply"):
         load_json(b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_threads_parsing_at_once_each_get_their_own_document() -> None:
+    """Each thread parses with its own decoder: the hooks run Python in the middle of a
+    document, so another thread's parse can start inside it."""
+    documents = [
+        {"id": f"evt-{n}", "n": n, "price": n / 7, "nested": {"key": f"v{n}", "list": [n, n]}}
+        for n in range(400)
+    ]
+    bodies = [json.dumps(document).encode() for document in documents]
+    failures: list[str] = []
+
+    def parse(offset: int) -> None:
+        for _ in range(5):
+            for index in range(offset, len(bodies), 4):
+                if load_json(bodies[index]) != documents[index]:
+                    failures.append(f"document {index}")
+
+    threads = [threading.Thread(target=parse, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    with pytest.raises(MalformedBody, match="appears twice"):  # the hooks still apply
+        load_json(b'{"a": 1, "a": 2}')
