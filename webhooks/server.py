@@ -67,6 +67,7 @@ class LingeringThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._taken = 0
         """Threads serving a connection or waiting for its next request."""
         self._threads = int(self.cfg.threads)
+        self._tls = bool(self.cfg.is_ssl)  # read once: each read of cfg goes through lookups
         self.served_in_thread = 0
         """Requests served by the thread that answered the one before on their connection."""
         self.waited_in_vain = 0
@@ -114,7 +115,7 @@ class LingeringThreadWorker(ThreadWorker):  # type: ignore[misc]
     def _next_request_here(self, conn: Any) -> bool:
         """Whether the connection's next request is here or arrives within the linger,
         while the process runs, no connection waits for a thread and another is free."""
-        if not self.alive or conn.is_http2 or self.cfg.is_ssl:
+        if not self.alive or conn.is_http2 or self._tls:
             return False
         if self._queued > 0 or self._taken >= self._threads:
             return False
