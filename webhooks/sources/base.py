@@ -187,6 +187,8 @@ def load_json(body: bytes) -> Any:
     except UnicodeDecodeError:
         raise MalformedBody("body is not UTF-8") from None
     try:
+        if text.startswith("\ufeff"):  # what json.loads checks before its decoder
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
         data = _decoder().decode(text)
         # An escaped lone surrogate ("\ud800") parses but can never be sent on as UTF-8;
         # only a body with such an escape can hold one.

@@ -63,3 +63,8 @@ def test_threads_parsing_at_once_each_get_their_own_document() -> None:
     assert failures == []
     with pytest.raises(MalformedBody, match="appears twice"):  # the hooks still apply
         load_json(b'{"a": 1, "a": 2}')
+
+
+def test_a_byte_order_mark_is_named() -> None:
+    with pytest.raises(MalformedBody, match="BOM"):
+        load_json(b"\xef\xbb\xbf{}")
