@@ -35,20 +35,17 @@ from typing import Any
 from gunicorn import util as gunicorn_util
 from gunicorn.workers.gthread import ThreadWorker
 
+from worker.logs import PerSecond
+
 _formatdate = gunicorn_util.http_date
-_date: tuple[int, str] = (-1, "")
+_date = PerSecond(lambda second: str(_formatdate(second)))
 
 
 def _http_date_once_a_second(timestamp: float | None = None) -> str:
     """gunicorn's ``util.http_date``, the current second's text kept until the next."""
-    global _date
     if timestamp is not None:
         return str(_formatdate(timestamp))
-    now = int(time.time())
-    cached = _date
-    if cached[0] != now:
-        cached = _date = (now, str(_formatdate(now)))
-    return cached[1]
+    return _date(int(time.time()))
 
 
 LINGER = 0.005

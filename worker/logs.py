@@ -11,7 +11,8 @@ import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 CONTEXT_KEYS = ("event_id", "command_id", "channel", "source")
@@ -58,22 +59,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class PerSecond:
+    """Text made from a whole second (``make(second)``), kept until the next second: for
+    what a busy process writes at every line or answer to one-second resolution."""
+
+    def __init__(self, make: Callable[[int], str]) -> None:
+        self._make = make
+        self._last: tuple[int, str] = (-1, "")
+
+    def __call__(self, second: int) -> str:
+        last = self._last  # one tuple: a thread never pairs one second with another's text
+        if last[0] != second:
+            last = self._last = (second, self._make(second))
+        return last[1]
+
+
+_TIME = "%H:%M:%S"
+
+
 class TextFormatter(logging.Formatter):
     """``time level logger: message key=value…``."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-        self._second: tuple[int, str] = (-1, "")
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", _TIME)
+        self._time = PerSecond(lambda second: time.strftime(_TIME, self.converter(second)))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         """The time to the second, made once a second (a receiver writes a line an event)."""
-        if datefmt is None:  # the default format prints milliseconds
+        if datefmt != _TIME:  # another format (the default prints milliseconds)
             return super().formatTime(record, datefmt)
-        second = int(record.created)
-        cached = self._second
-        if cached[0] != second:
-            cached = self._second = (second, super().formatTime(record, datefmt))
-        return cached[1]
+        return self._time(int(record.created))
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
