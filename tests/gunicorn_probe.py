@@ -18,6 +18,15 @@ from typing import Any
 _request = threading.local()
 
 
+READY = "probe worker ready"
+
+
+def post_worker_init(worker: Any) -> None:
+    """gunicorn's hook, once the worker process has loaded the app: the tests wait for this
+    line, not for a connection, so that the first connection the worker serves is a test's."""
+    worker.log.info(READY)
+
+
 def pre_request(worker: Any, _req: Any) -> None:
     """gunicorn's hook, in the thread that is about to call the app."""
     _request.counts = (

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from gunicorn_probe import READY
 
 from webhooks.server import LINGER
 
@@ -53,10 +54,10 @@ class Gunicorn:
         while time.monotonic() < deadline:
             text = self.log.read_text(errors="replace")
             listening = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", text)
-            if listening and "Booting worker" in text:
-                port = int(listening.group(1))
-                with socket.create_connection(("127.0.0.1", port), timeout=5):
-                    return port
+            if listening and READY in text:
+                # Not probed with a connection: the worker would serve it alongside a
+                # test's first, taking a thread the test counts on (a linger not waited).
+                return int(listening.group(1))
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)
