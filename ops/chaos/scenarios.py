@@ -81,6 +81,8 @@ class Result:
     wall_s: float = 0.0
     answers: dict[str, int] = field(default_factory=dict)
     api: dict[str, Any] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)
+    """The API calls the sandbox answered, by request (lookup, create, update, tags)."""
     timeline: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
@@ -125,6 +127,9 @@ class Result:
             f"max {api.get('max_in_window', 0)} in a {api.get('limit', {}).get('period_s')} s "
             f"window (limit {api.get('limit', {}).get('calls')})"
         )
+        if self.requests:
+            by_request = ", ".join(f"{k} {v}" for k, v in sorted(self.requests.items()))
+            lines.append(f"    API calls by request: {by_request}")
         lines += [f"    PROBLEM: {problem}" for problem in self.problems]
         lines += [f"    evidence: {line}" for line in self.evidence[:20]]
         lines.append(f"    logs: {self.folder}")
@@ -226,6 +231,9 @@ def drive(
         result.open = verdict.open
         result.answers = dict(sender.answers)
         result.api = rig.sandbox_log()
+        result.requests = dict(
+            Counter(_request_name(c.method, c.path) for c in rig.sandbox.state.calls("main"))
+        )
         if sender.error is not None:
             result.problems.append(f"the sender failed: {sender.error!r}")
         if result.refused:
@@ -661,3 +669,14 @@ def run_scenario(
 def remove(folder: str) -> None:
     """Delete a scenario's folder (its logs)."""
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _request_name(method: str, path: str) -> str:
+    """Which of the API's requests a call was, by its method and path."""
+    if path.endswith("/by_custom_field"):
+        return "lookup"
+    if path.endswith("/tags"):
+        return "add tags" if method == "POST" else "remove tags"
+    if path.endswith("/contact"):
+        return "create"
+    return "update" if method == "PUT" else f"{method} contact"
