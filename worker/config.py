@@ -156,6 +156,11 @@ class WorkerConfig(_Strict):
     a longer wait lives in the ledger until the reconciler publishes it."""
     lead_s: NonNegativeFloat = 0.5
     """How early a deferred command is delivered before its start."""
+    not_found_trust_s: NonNegativeFloat = 300.0
+    """A pass deferred after its lookup found no contact creates it on its next claim
+    without looking again if that lookup is at most this old (the contact's commands run
+    one at a time, so only a create by someone else could change the answer); 0 looks
+    again every time."""
     relay_every_s: PositiveFloat = 0.05
     """How often each worker's relay looks for recorded commands to publish (the outbox);
     it looks again at once while it finds full batches."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
@@ -79,8 +80,9 @@ def run_command(command_id: int, runtime: Runtime | None = None) -> str:
     with log_context(command_id=head.id, event_id=head.event_id, channel=head.channel):
         outcome = _run_group(runtime, group)
         if outcome == "retry_alone":
-            # A permanent refusal in a merged pass: find whose it is by going one at a time.
-            outcome = _run_group(runtime, [head])
+            # A permanent refusal in a merged pass: find whose it is by going one at a time
+            # (looking the contact up: the merged pass may have created it).
+            outcome = _run_group(runtime, [replace(head, absent_at=None)])
     if outcome in ("done", "dead"):
         _publish_next(runtime, head)
     return outcome
@@ -90,7 +92,7 @@ def _run_group(runtime: Runtime, group: list[Claimed]) -> str:
     head = group[0]
     ledger = runtime.ledger
     context = {"command_id": head.id, "event_id": head.event_id, "channel": head.channel}
-    work = prepare(group, ledger)
+    work = prepare(group, ledger, not_found_trust_s=runtime.config.worker.not_found_trust_s)
     limit = channel_limit(runtime, head.channel)
     estimate = work.estimate_calls()
     if head.slots and head.slots_epoch is not None:
@@ -228,6 +230,8 @@ def _defer(
     """Back to the ledger until shortly before its start, holding its starts."""
     settings = runtime.config.worker
     wait = deferred.start - deferred.now
+    # Found absent and not created yet: the next pass can create without looking again.
+    absent_at = progress.absent_at if progress.contact_id is None else None
     local_now = time.time()  # the ledger's clock; the start is on the limiter's
     if wait <= settings.countdown_max_s:
         countdown = max(0.0, wait - settings.lead_s)
@@ -240,6 +244,7 @@ def _defer(
             slots=pacer.unused(),
             slots_epoch=pacer.epoch,
             done_steps=sorted(progress.done),
+            absent_at=absent_at,
             published_at=deliver_at,
             rate_limited_since=claimed.rate_limited_since,
         )
@@ -255,6 +260,7 @@ def _defer(
             slots=pacer.unused(),
             slots_epoch=pacer.epoch,
             done_steps=sorted(progress.done),
+            absent_at=absent_at,
             rate_limited_since=claimed.rate_limited_since,
         )
     return "deferred"

@@ -195,3 +195,57 @@ def test_a_pass_stopped_by_a_far_start_resumes_where_it_stopped(kit: SourceKit) 
     assert [method for method, _ in calls(kit)] == ["GET", "PUT", "POST"]  # nothing twice
     contact = kit.contact("email", "ann@example.com")
     assert contact["custom_fields"]["lastName"] == "Lee" and contact["tags"] == ["vip"]
+
+
+def one_call_per(kit: SourceKit, period_s: float) -> None:
+    """The channel allows one call per ``period_s``: a lookup and a create cannot share a
+    window, and the create's start is further than a worker waits inline (2 s)."""
+    from worker.config import RateLimit
+
+    channel = kit.runtime.config.channels["main"]
+    slow = channel.model_copy(update={"rate_limit": RateLimit(calls=1, period_s=period_s)})
+    kit.runtime.config = kit.runtime.config.model_copy(
+        update={"channels": {**kit.runtime.config.channels, "main": slow}}
+    )
+
+
+def run_until_done(kit: SourceKit, command_id: int, within_s: float) -> list[str]:
+    import time
+
+    outcomes: list[str] = []
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        outcomes.append(run_command(command_id, kit.runtime))
+        if outcomes[-1] == "done":
+            break
+        time.sleep(0.25)
+    return outcomes
+
+
+def test_a_pass_deferred_after_finding_no_contact_creates_it_without_looking_again(
+    kit: SourceKit,
+) -> None:
+    one_call_per(kit, 3.0)
+    (command_id,) = record(kit, upsert(lastName="Lee"))
+    # The lookup finds nobody, the create's start is 3 s off: deferred. Resumed, the pass
+    # creates at the start it held. Looking again instead would take that start, and the
+    # create would need another 3 s off: deferred again, every time.
+    outcomes = run_until_done(kit, command_id, within_s=20)
+    assert outcomes[-1] == "done" and "deferred" in outcomes
+    assert [method for method, _ in calls(kit)] == ["GET", "POST"]
+    assert kit.contact("email", "ann@example.com")["custom_fields"]["lastName"] == "Lee"
+
+
+def test_a_lookup_older_than_the_trust_is_made_again(kit: SourceKit) -> None:
+    one_call_per(kit, 3.0)
+    worker = kit.runtime.config.worker.model_copy(update={"not_found_trust_s": 1.0})
+    kit.runtime.config = kit.runtime.config.model_copy(update={"worker": worker})
+    (command_id,) = record(kit, upsert(lastName="Lee"))
+    assert run_command(command_id, kit.runtime) == "deferred"
+    # Meanwhile someone else creates the contact; the resumed pass (2.5 s later, past the
+    # 1 s trust) looks again, finds it and updates it instead of creating a second.
+    kit.sandbox.state.create_contact("main", {"email": "ann@example.com"}, [])
+    outcomes = run_until_done(kit, command_id, within_s=20)
+    assert outcomes[-1] == "done"
+    assert [method for method, _ in calls(kit)] == ["GET", "GET", "PUT"]
+    assert kit.contact("email", "ann@example.com")["custom_fields"]["lastName"] == "Lee"

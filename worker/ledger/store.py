@@ -95,6 +95,10 @@ class Claimed:
     """The channel's limiter epoch those starts belong to."""
     done_steps: list[str]
     """Steps of an interrupted pass already applied (``fields``, ``adds``, ``removes``)."""
+    absent_at: float | None
+    """When the pass deferred last looked the contact up and found none (the ledger's
+    clock); None once the command has been reclaimed since (that claim may have created
+    it before its worker died)."""
     rate_limited_since: float | None
 
     @classmethod
@@ -116,8 +120,18 @@ class Claimed:
             slots=[float(t) for t in (row["slots"] or {}).get("starts", [])],
             slots_epoch=(row["slots"] or {}).get("epoch"),
             done_steps=list((row["slots"] or {}).get("done", [])),
+            absent_at=_absent_at(row),
             rate_limited_since=row["rate_limited_since"],
         )
+
+
+def _absent_at(row: RowMapping) -> float | None:
+    """The deferred pass's "found no contact", while no reclaim has spent an attempt since."""
+    kept = row["slots"] or {}
+    absent_at = kept.get("absent_at")
+    if absent_at is None or kept.get("absent_attempts") != row["attempts"]:
+        return None
+    return float(absent_at)
 
 
 _EARLIER = commands.alias("earlier")
@@ -386,14 +400,26 @@ class Ledger:
         slots: list[float] | None = None,
         slots_epoch: int | None = None,
         done_steps: Sequence[str] = (),
+        absent_at: float | None = None,
         published_at: float | None = None,
         rate_limited_since: float | None = None,
     ) -> bool:
         """Put the command back to wait until ``not_before``.
 
-        ``slots`` are rate-limit starts it keeps for its next claim; ``published_at`` is
+        ``slots`` are rate-limit starts it keeps for its next claim, ``done_steps`` the
+        steps its pass applied and ``absent_at`` when that pass found no contact (one
+        command: it holds for its next claim, not after a reclaim); ``published_at`` is
         when a message already sent (with a countdown) will be delivered, so that the
         reconciler does not send another before then."""
+        kept: dict[str, Any] = {
+            "epoch": slots_epoch,
+            "starts": slots or [],
+            "done": list(done_steps),
+        }
+        if absent_at is not None:
+            assert isinstance(claims, Claimed), "absent_at is one command's"
+            kept["absent_at"] = absent_at
+            kept["absent_attempts"] = claims.attempts + (1 if spend_attempt else 0)
         return self._settle(
             claims,
             state=CommandState.SCHEDULED,
@@ -406,11 +432,7 @@ class Ledger:
             last_status=status,
             last_error=error,
             contact_id=func.coalesce(contact_id, commands.c.contact_id),
-            slots=(
-                {"epoch": slots_epoch, "starts": slots, "done": list(done_steps)}
-                if slots or done_steps
-                else None
-            ),
+            slots=kept if slots or done_steps or absent_at is not None else None,
             rate_limited_since=rate_limited_since,
         )
 

@@ -132,6 +132,29 @@ def test_a_settle_needs_the_current_lease(ledger: Ledger) -> None:
     assert ledger.complete(fresh, contact_id="1")
 
 
+def test_found_absent_holds_for_the_next_claim_not_after_a_reclaim(ledger: Ledger) -> None:
+    """A deferred pass's "no such contact" is kept for the claim that resumes it; a claim
+    whose worker died may have created the contact, so a reclaim forgets it."""
+    (command_id,) = ledger.record("web", [event("e1", upsert())])[0].command_ids
+    first = ledger.claim(command_id, lease_s=10)
+    assert first is not None and first.absent_at is None
+    now = ledger.clock.now  # type: ignore[attr-defined]
+    ledger.reschedule(first, not_before=now, spend_attempt=False, absent_at=now - 1)
+    resumed = ledger.claim(command_id, lease_s=10)
+    assert resumed is not None and resumed.absent_at == now - 1
+    ledger.clock.now += 11  # type: ignore[attr-defined]  # its worker died mid-pass
+    assert ledger.reclaim_expired(max_attempts=5) == [(command_id, "upsert", "main")]
+    after_reclaim = ledger.claim(command_id, lease_s=10)
+    assert after_reclaim is not None and after_reclaim.absent_at is None
+    # A failure that spends an attempt keeps it for the next claim only when given again.
+    ledger.reschedule(after_reclaim, not_before=now, spend_attempt=True, absent_at=now)
+    again = ledger.claim(command_id, lease_s=10)
+    assert again is not None and again.attempts == 2 and again.absent_at == now
+    ledger.reschedule(again, not_before=now, spend_attempt=True)
+    last = ledger.claim(command_id, lease_s=10)
+    assert last is not None and last.absent_at is None
+
+
 def test_reclaim_makes_a_dead_letter_when_attempts_run_out(ledger: Ledger) -> None:
     (command_id,) = ledger.record("web", [event("e1", upsert())])[0].command_ids
     assert ledger.claim(command_id, lease_s=1) is not None
