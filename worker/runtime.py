@@ -17,7 +17,7 @@ from celery import Celery
 from worker.config import AppConfig, Settings
 from worker.contacts_api import ContactsClient
 from worker.ledger import Ledger, connect, migrate
-from worker.ratelimit import SqlLimiter
+from worker.ratelimit import CallTimes, SqlLimiter
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,11 @@ class Runtime:
     def limiter(self) -> SqlLimiter:
         """The channels' shared rate limiter, on the ledger's database."""
         return SqlLimiter(self.ledger.engine)
+
+    @cached_property
+    def call_times(self) -> CallTimes:
+        """How long each channel's calls take from this process (spaces a pass's starts)."""
+        return CallTimes()
 
     @property
     def celery(self) -> Celery:

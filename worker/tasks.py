@@ -95,14 +95,22 @@ def _run_group(runtime: Runtime, group: list[Claimed]) -> str:
     work = prepare(group, ledger, not_found_trust_s=runtime.config.worker.not_found_trust_s)
     limit = channel_limit(runtime, head.channel)
     estimate = work.estimate_calls()
+    # The pass's calls wait for each other's answers: its starts are spaced by a call's time.
+    spacing = runtime.call_times.spacing(head.channel, limit)
     if head.slots and head.slots_epoch is not None:
         # Held from an earlier claim: keep them, and reserve the rest of the pass behind.
-        more = runtime.limiter.reserve(head.channel, max(estimate - len(head.slots), 0), limit)
+        more = runtime.limiter.reserve(
+            head.channel,
+            max(estimate - len(head.slots), 0),
+            limit,
+            spacing_s=spacing,
+            after=head.slots[-1],
+        )
         voided = more.epoch != head.slots_epoch  # a pause since: the held starts are void
         starts = more.starts if voided else [*head.slots, *more.starts]
         epoch = more.epoch
     else:
-        reservation = runtime.limiter.reserve(head.channel, estimate, limit)
+        reservation = runtime.limiter.reserve(head.channel, estimate, limit, spacing_s=spacing)
         starts, epoch = reservation.starts, reservation.epoch
     pacer = Pacer(
         runtime.limiter,
@@ -112,6 +120,8 @@ def _run_group(runtime: Runtime, group: list[Claimed]) -> str:
         epoch,
         inline_max_s=runtime.config.worker.inline_wait_max_s,
         tolerance_s=limit.margin_s / 2,
+        spacing_s=spacing,
+        call_times=runtime.call_times,
     )
     client = runtime.client(head.channel)
     keep_lease = _lease_keeper(runtime, group)

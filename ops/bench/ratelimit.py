@@ -3,13 +3,18 @@
 For each worker count: a fresh ledger database and an empty broker, the sandbox reset and
 seeded with ``--events`` contacts, then ``--events`` ``contact.tag`` events addressed by
 ``contact_id`` (exactly one API call each) posted to the receiver, all before any worker
-runs (``--warm``: after the workers are ready). Then N ``contactsync worker`` processes and
+runs (``--warm``: after the workers are ready). ``--kind new`` posts instead one
+``contact.upsert`` with a tag per new contact: three calls that depend on each other (a
+lookup that finds nobody, a create, an add of the tag), as a CRM's import of new contacts
+makes. ``--latency-ms`` has the sandbox take that long to answer each call, as the real
+API over the internet does. Then N ``contactsync worker`` processes and
 one ``contactsync beat`` start, and the benchmark waits until every command is settled in
 the ledger. The sandbox's log of accepted calls is the judge of the limit; definitions and
 figures are in docs/benchmarks.md.
 
     python -m ops.bench.ratelimit [--workers 1,2,4] [--calls 60 --period 6] [--events 600]
-                                  [--concurrency 4] [--json out.json]
+                                  [--concurrency 4] [--kind tag|new] [--latency-ms 0]
+                                  [--json out.json]
 
 The sandbox runs as its own ``contactsync sandbox`` process, as the real API is another
 machine: its admission timestamps are then not disturbed by this process's GIL (polling
@@ -65,6 +70,8 @@ from worker.runtime import Runtime
 CHANNEL = "main"
 SOURCE = "bench"
 BATCH = 100  # the receiver's largest batch
+CALLS_PER_EVENT = {"tag": 1, "new": 3}
+"""API calls an event of each ``--kind`` takes: a tag; a lookup, a create and a tag."""
 
 
 @dataclass
@@ -74,6 +81,8 @@ class Result:
     workers: int
     events: int
     calls: int
+    kind: str
+    """``--kind``: what each event asks (``tag``: one call; ``new``: three)."""
     drain_s: float | None
     """Workers started → last command settled in the ledger (``None``: timed out)."""
     bound_s: float
@@ -215,6 +224,22 @@ def tag_events(ids: Sequence[str], run: str) -> list[dict[str, Any]]:
     ]
 
 
+def new_contact_events(count: int, run: str) -> list[dict[str, Any]]:
+    """One ``contact.upsert`` with a tag per contact no one has created yet: a lookup that
+    finds nobody, a create, an add of the tag, each waiting for the one before."""
+    return [
+        {
+            "id": f"{run}-{i}",
+            "type": "contact.upsert",
+            "channel": CHANNEL,
+            "match": {"email": f"{run}-{i}@example.com"},
+            "fields": {"firstName": f"New {i}"},
+            "tags": ["bench"],
+        }
+        for i in range(count)
+    ]
+
+
 def run_one(
     workers: int,
     args: argparse.Namespace,
@@ -224,7 +249,8 @@ def run_one(
 ) -> Result:
     """Backlog first, then ``workers`` worker processes; wait for the drain."""
     sandbox.reset()
-    ids = sandbox.seed(CHANNEL, args.events)
+    sandbox.admin("POST", "faults", json={"latency_ms": args.latency_ms})
+    ids = sandbox.seed(CHANNEL, args.events) if args.kind == "tag" else []
     flush_redis(redis_url)  # the previous worker count's leftovers
     label = f"w{workers}"
     with throwaway_postgres() as database_url:
@@ -250,7 +276,10 @@ def run_one(
         processes = Processes(folder, env)
         try:
             http = create_app(runtime).test_client()
-            events = tag_events(ids, f"bench-{label}-{int(time.time())}")
+            run = f"bench-{label}-{int(time.time())}"
+            events = (
+                tag_events(ids, run) if args.kind == "tag" else new_contact_events(args.events, run)
+            )
             if args.warm:
                 start_processes(processes, label, workers, args.concurrency)
                 wait_until_ready(processes, label, workers)
@@ -282,6 +311,7 @@ def run_one(
         workers=workers,
         events=args.events,
         calls=len(times),
+        kind=args.kind,
         drain_s=drain_s,
         bound_s=len(times) * args.period / args.calls,
         span_s=times[-1] - times[0] if times else 0.0,
@@ -342,7 +372,8 @@ def wait_for_drain(
     started: float,
 ) -> dict[str, int]:
     """Poll the ledger until nothing is left to do (or the timeout); progress on stderr."""
-    timeout = args.timeout or 3 * args.events * args.period / args.calls + 60
+    calls = args.events * CALLS_PER_EVENT[args.kind]
+    timeout = args.timeout or 3 * calls * args.period / args.calls + 60
     progress = every(args.progress_every)
     while True:
         counts = runtime.ledger.counts()
@@ -386,6 +417,12 @@ COLUMNS = (
 )
 
 
+KINDS = {
+    "tag": "contact.tag events, 1 call each",
+    "new": "contact.upsert events of new contacts with a tag, 3 calls each",
+}
+
+
 def header(info: dict[str, Any], args: argparse.Namespace) -> list[str]:
     """The lines naming the machine and the set-up."""
     margin = args.margin if args.margin is not None else RateLimit().margin_s
@@ -395,7 +432,8 @@ def header(info: dict[str, Any], args: argparse.Namespace) -> list[str]:
         f"{info['system']}, load {' '.join(str(x) for x in info['loadavg'])}; "
         f"code {info['revision']}",
         f"limit {args.calls} calls / {args.period:g} s, margin {margin:g} s "
-        f"(limiter ceiling {ceiling:.1%}); {args.events} contact.tag events, 1 call each; "
+        f"(limiter ceiling {ceiling:.1%}); {args.events} {KINDS[args.kind]}; "
+        f"the API answers in {args.latency_ms:g} ms + its own time; "
         f"Redis ({args.redis or 'its own redis-server'}) + PostgreSQL; "
         f"{args.concurrency} threads per worker; "
         + ("workers ready before the backlog is posted" if args.warm else "backlog before workers"),
@@ -442,7 +480,8 @@ def table(info: dict[str, Any], args: argparse.Namespace, results: Sequence[Resu
             problems.append(f"{result.refused_429} calls refused with 429")
         if result.drain_s is None:
             problems.append("did not drain before the timeout")
-        if result.dead or result.calls != result.events:
+        expected = result.events * CALLS_PER_EVENT[result.kind]
+        if result.dead or result.calls != expected:
             problems.append(f"{result.dead} dead, {result.calls} calls for {result.events}")
         if problems:
             lines.append(f"{result.workers} worker(s): " + "; ".join(problems))
@@ -472,6 +511,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--events", type=int, default=600, help="backlog size (600)")
     parser.add_argument("--concurrency", type=int, default=4, help="threads per worker (4)")
+    parser.add_argument(
+        "--kind",
+        choices=sorted(CALLS_PER_EVENT),
+        default="tag",
+        help="tag: a tag of a known contact (1 call); new: an upsert of a new contact with"
+        " a tag (lookup, create, tag: 3 calls, each after the last) (tag)",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="the sandbox answers each call this much later, as a distant API would (0)",
+    )
     parser.add_argument(
         "--redis",
         default=None,

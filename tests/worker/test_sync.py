@@ -11,7 +11,7 @@ from source_kit import SourceKit
 
 from worker.commands import ContactRef, make_command
 from worker.ledger.store import NewEvent
-from worker.tasks import run_command
+from worker.tasks import channel_limit, run_command
 
 ANN = ContactRef(match_field="email", match_value="ann@example.com")
 
@@ -249,3 +249,32 @@ def test_a_lookup_older_than_the_trust_is_made_again(kit: SourceKit) -> None:
     assert outcomes[-1] == "done"
     assert [method for method, _ in calls(kit)] == ["GET", "GET", "PUT"]
     assert kit.contact("email", "ann@example.com")["custom_fields"]["lastName"] == "Lee"
+
+
+def test_under_a_backlog_a_pass_s_dependent_calls_get_starts_it_can_use(kit: SourceKit) -> None:
+    """The window is full (a burst of others' calls) and the one after is taken by others
+    too: a backlog. The API answers in 0.3 s, more than a start may be missed by (margin /
+    2 = 0.125 s). In one bunch, the create's and the tag's starts would be gone by the time
+    the lookup is answered, and each would send the pass behind the others; spaced by the
+    calls' time, the pass makes its three calls in one go."""
+    from worker.config import RateLimit
+
+    channel = kit.runtime.config.channels["main"]
+    tight = channel.model_copy(update={"rate_limit": RateLimit(calls=3, period_s=3.0)})
+    kit.runtime.config = kit.runtime.config.model_copy(
+        update={"channels": {**kit.runtime.config.channels, "main": tight}}
+    )
+    kit.sandbox.state.set_faults(latency_ms=300)
+    kit.runtime.call_times.note("main", 0.3)  # as this process saw earlier calls take
+    limit = channel_limit(kit.runtime, "main")
+    kit.runtime.limiter.reserve("main", 3, limit)  # a burst of others' calls: window full
+    (command_id,) = record(
+        kit, make_command("upsert", "main", ANN, fields={"lastName": "Lee"}, tags=["vip"])
+    )
+    assert run_command(command_id, kit.runtime) == "deferred"  # to the next window
+    kit.runtime.limiter.reserve("main", 3, limit)  # others' commands, the window after
+    outcomes = run_until_done(kit, command_id, within_s=30)
+    assert outcomes[-1] == "done"
+    assert "deferred" not in outcomes  # not sent behind the others
+    assert [method for method, _ in calls(kit)] == ["GET", "POST", "POST"]
+    assert kit.contact("email", "ann@example.com")["tags"] == ["vip"]

@@ -4,8 +4,8 @@
 database and reads that database's clock, and ``pacer`` spaces one command's calls on it.
 """
 
-from worker.ratelimit.pacer import Deferred, Pacer
+from worker.ratelimit.pacer import CallTimes, Deferred, Pacer
 from worker.ratelimit.schedule import Limit
 from worker.ratelimit.sql import SqlLimiter
 
-__all__ = ["Deferred", "Limit", "Pacer", "SqlLimiter"]
+__all__ = ["CallTimes", "Deferred", "Limit", "Pacer", "SqlLimiter"]

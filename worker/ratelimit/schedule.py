@@ -43,18 +43,32 @@ def reserve(
     now: float,
     limit: Limit,
     paused_until: float = 0.0,
+    spacing_s: float = 0.0,
+    after: float | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Reserve ``n`` starts; returns them and the new schedule (its last ``calls`` entries)."""
+    """Reserve ``n`` starts; returns them and the new schedule (its last ``calls`` entries).
+
+    A start the schedule puts later than ``now`` is at least ``spacing_s`` after the one
+    before it in this reservation (or ``after``, the start of the same pass's previous
+    call): one pass's calls go one after the other, each waiting for the last one's
+    answer, and under a backlog a start nearer than an answer takes would be missed, its
+    replacement put at the end of the schedule. Starts at ``now`` are not spaced: one
+    missed there is replaced by another at once. Spacing only moves starts later, so the
+    limit holds as without it."""
     kept = sorted(schedule)[-limit.calls :]
     slots = []
+    previous = after
     for _ in range(n):
         start = max(now, paused_until, kept[-1] if kept else now)
         if len(kept) >= limit.calls:
             boundary = kept[-limit.calls] + limit.period_s + limit.margin_s + EPSILON_S
             start = max(start, boundary)
+        if previous is not None and start > now:
+            start = max(start, previous + spacing_s)
         kept.append(start)
         kept = kept[-limit.calls :]
         slots.append(start)
+        previous = start
     return slots, kept
 
 

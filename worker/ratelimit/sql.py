@@ -98,12 +98,26 @@ class SqlLimiter:
         with self.engine.connect() as connection:
             return self._now(connection)
 
-    def reserve(self, channel: str, n: int, limit: Limit) -> Reservation:
-        """Reserve ``n`` starts."""
+    def reserve(
+        self,
+        channel: str,
+        n: int,
+        limit: Limit,
+        *,
+        spacing_s: float = 0.0,
+        after: float | None = None,
+    ) -> Reservation:
+        """Reserve ``n`` starts, ``spacing_s`` apart (see :func:`schedule.reserve`)."""
         with self.engine.begin() as connection:
             row, now = self._lock(connection, channel)
             starts, kept = schedule.reserve(
-                row.schedule, n, now=now, limit=limit, paused_until=row.paused_until
+                row.schedule,
+                n,
+                now=now,
+                limit=limit,
+                paused_until=row.paused_until,
+                spacing_s=spacing_s,
+                after=after,
             )
             self._save(connection, channel, now, schedule=kept)
             return Reservation(starts, row.epoch, now)
