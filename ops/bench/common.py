@@ -262,9 +262,12 @@ class SandboxProcess:
         response.raise_for_status()
         return response.json()
 
-    def reset(self) -> None:
-        """Back to the starting state: empty windows, log and contacts."""
+    def reset(self, latency_ms: float = 0.0) -> None:
+        """Back to the starting state: empty windows, log and contacts; each call then
+        answered ``latency_ms`` later (a distant API; 0: at once)."""
         self.admin("POST", "reset")
+        if latency_ms:
+            self.admin("POST", "faults", json={"latency_ms": latency_ms})
 
     def seed(self, channel: str, count: int) -> list[str]:
         """``count`` contacts created directly (not API calls); returns their ids."""

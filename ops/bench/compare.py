@@ -293,7 +293,7 @@ def run_baseline(
     folder: Path,
 ) -> Result:
     broker = f"{args.redis}/{args.baseline_redis_db}"
-    sandbox.reset()
+    sandbox.reset(latency_ms=args.latency_ms)
     if flush_redis(broker):
         say(f"  note: Redis db {args.baseline_redis_db} was not empty; flushed")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTACTSYNC_", "BASELINE_"))}
@@ -448,7 +448,7 @@ def run_ours(
     from webhooks.app import create_app
 
     broker = f"{args.redis}/{args.ours_redis_db}"
-    sandbox.reset()
+    sandbox.reset(latency_ms=args.latency_ms)
     if flush_redis(broker):
         say(f"  note: Redis db {args.ours_redis_db} was not empty; flushed")
     with throwaway_postgres("contactsync_compare") as database_url:
@@ -644,7 +644,8 @@ def table(
         f"{args.seed}): {', '.join(f'{k} {v}' for k, v in stream['types'].items())}; "
         f"{stream['follow_within_1s']} events follow one of the same contact within 1 s",
         f"limit {args.calls} calls / {args.period:g} s on one channel; {args.workers} worker "
-        f"process(es) x {args.concurrency} each side; posting: {args.pace}",
+        f"process(es) x {args.concurrency} each side; posting: {args.pace}; the API answers"
+        f" in {args.latency_ms:g} ms + its own time",
     ]
     rows = [cells(result) for result in results]
     width = max(len(name) for name in rows[0])
@@ -671,6 +672,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="the stream's seed (1)")
     parser.add_argument("--only", choices=("ours", "baseline"), default=None)
     parser.add_argument("--pace", choices=("flood", "stream"), default="flood")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="the sandbox answers each call this much later, as a distant API would (0)",
+    )
     parser.add_argument(
         "--stream-rate", type=float, default=20.0, help="events/s on average in the stream (20)"
     )

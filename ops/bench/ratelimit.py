@@ -248,8 +248,7 @@ def run_one(
     folder: Path,
 ) -> Result:
     """Backlog first, then ``workers`` worker processes; wait for the drain."""
-    sandbox.reset()
-    sandbox.admin("POST", "faults", json={"latency_ms": args.latency_ms})
+    sandbox.reset(latency_ms=args.latency_ms)
     ids = sandbox.seed(CHANNEL, args.events) if args.kind == "tag" else []
     flush_redis(redis_url)  # the previous worker count's leftovers
     label = f"w{workers}"
