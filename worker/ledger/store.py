@@ -417,7 +417,8 @@ class Ledger:
             "done": list(done_steps),
         }
         if absent_at is not None:
-            assert isinstance(claims, Claimed), "absent_at is one command's"
+            if not isinstance(claims, Claimed):
+                raise TypeError("absent_at is one command's: reschedule it alone")
             kept["absent_at"] = absent_at
             kept["absent_attempts"] = claims.attempts + (1 if spend_attempt else 0)
         return self._settle(
