@@ -243,35 +243,27 @@ def _defer(
     # Found absent and not created yet: the next pass can create without looking again.
     absent_at = progress.absent_at if progress.contact_id is None else None
     local_now = time.time()  # the ledger's clock; the start is on the limiter's
-    if wait <= settings.countdown_max_s:
+    countdown: float | None = None
+    if wait <= settings.countdown_max_s:  # sent back now, delivered shortly before its start
         countdown = max(0.0, wait - settings.lead_s)
-        deliver_at = local_now + countdown
-        runtime.ledger.reschedule(
-            claimed,
-            not_before=deliver_at,
-            spend_attempt=False,
-            contact_id=progress.contact_id,
-            slots=pacer.unused(),
-            slots_epoch=pacer.epoch,
-            done_steps=sorted(progress.done),
-            absent_at=absent_at,
-            published_at=deliver_at,
-            rate_limited_since=claimed.rate_limited_since,
-        )
+        not_before = published_at = local_now + countdown
+    else:  # waits in the ledger; the reconciler publishes it in time
+        not_before, published_at = local_now + wait - settings.countdown_max_s / 2, None
+    runtime.ledger.reschedule(
+        claimed,
+        not_before=not_before,
+        spend_attempt=False,
+        contact_id=progress.contact_id,
+        slots=pacer.unused(),
+        slots_epoch=pacer.epoch,
+        done_steps=sorted(progress.done),
+        absent_at=absent_at,
+        published_at=published_at,
+        rate_limited_since=claimed.rate_limited_since,
+    )
+    if countdown is not None:
         publish(
             runtime.celery, [Due(claimed.id, claimed.kind, claimed.channel)], countdown=countdown
-        )
-    else:
-        runtime.ledger.reschedule(
-            claimed,
-            not_before=local_now + wait - settings.countdown_max_s / 2,
-            spend_attempt=False,
-            contact_id=progress.contact_id,
-            slots=pacer.unused(),
-            slots_epoch=pacer.epoch,
-            done_steps=sorted(progress.done),
-            absent_at=absent_at,
-            rate_limited_since=claimed.rate_limited_since,
         )
     return "deferred"
 

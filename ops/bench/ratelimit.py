@@ -70,8 +70,12 @@ from worker.runtime import Runtime
 CHANNEL = "main"
 SOURCE = "bench"
 BATCH = 100  # the receiver's largest batch
-CALLS_PER_EVENT = {"tag": 1, "new": 3}
-"""API calls an event of each ``--kind`` takes: a tag; a lookup, a create and a tag."""
+KINDS = {
+    "tag": ("contact.tag events", 1),
+    "new": ("contact.upsert events of new contacts with a tag", 3),
+}
+"""Each ``--kind``: what its events are, and the API calls one takes (a tag; a lookup, a
+create and a tag)."""
 
 
 @dataclass
@@ -371,7 +375,7 @@ def wait_for_drain(
     started: float,
 ) -> dict[str, int]:
     """Poll the ledger until nothing is left to do (or the timeout); progress on stderr."""
-    calls = args.events * CALLS_PER_EVENT[args.kind]
+    calls = args.events * KINDS[args.kind][1]
     timeout = args.timeout or 3 * calls * args.period / args.calls + 60
     progress = every(args.progress_every)
     while True:
@@ -416,14 +420,9 @@ COLUMNS = (
 )
 
 
-KINDS = {
-    "tag": "contact.tag events, 1 call each",
-    "new": "contact.upsert events of new contacts with a tag, 3 calls each",
-}
-
-
 def header(info: dict[str, Any], args: argparse.Namespace) -> list[str]:
     """The lines naming the machine and the set-up."""
+    what, calls_each = KINDS[args.kind]
     margin = args.margin if args.margin is not None else RateLimit().margin_s
     ceiling = args.period / (args.period + margin)
     return [
@@ -431,7 +430,7 @@ def header(info: dict[str, Any], args: argparse.Namespace) -> list[str]:
         f"{info['system']}, load {' '.join(str(x) for x in info['loadavg'])}; "
         f"code {info['revision']}",
         f"limit {args.calls} calls / {args.period:g} s, margin {margin:g} s "
-        f"(limiter ceiling {ceiling:.1%}); {args.events} {KINDS[args.kind]}; "
+        f"(limiter ceiling {ceiling:.1%}); {args.events} {what}, {calls_each} call(s) each; "
         f"the API answers in {args.latency_ms:g} ms + its own time; "
         f"Redis ({args.redis or 'its own redis-server'}) + PostgreSQL; "
         f"{args.concurrency} threads per worker; "
@@ -479,7 +478,7 @@ def table(info: dict[str, Any], args: argparse.Namespace, results: Sequence[Resu
             problems.append(f"{result.refused_429} calls refused with 429")
         if result.drain_s is None:
             problems.append("did not drain before the timeout")
-        expected = result.events * CALLS_PER_EVENT[result.kind]
+        expected = result.events * KINDS[result.kind][1]
         if result.dead or result.calls != expected:
             problems.append(f"{result.dead} dead, {result.calls} calls for {result.events}")
         if problems:
@@ -512,7 +511,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=4, help="threads per worker (4)")
     parser.add_argument(
         "--kind",
-        choices=sorted(CALLS_PER_EVENT),
+        choices=sorted(KINDS),
         default="tag",
         help="tag: a tag of a known contact (1 call); new: an upsert of a new contact with"
         " a tag (lookup, create, tag: 3 calls, each after the last) (tag)",

@@ -168,44 +168,15 @@ def test_a_slow_pass_keeps_its_lease(kit: SourceKit) -> None:
     assert outcome == ["done"]
 
 
-def test_a_pass_stopped_by_a_far_start_resumes_where_it_stopped(kit: SourceKit) -> None:
-    import time
-
+def limit_main(kit: SourceKit, *, calls: int, period_s: float) -> None:
+    """Channel ``main`` at this limit (a worker waits inline up to 2 s for a start; a
+    farther one defers the pass)."""
     from worker.config import RateLimit
 
     channel = kit.runtime.config.channels["main"]
-    slow = channel.model_copy(update={"rate_limit": RateLimit(calls=2, period_s=3.0)})
+    limited = channel.model_copy(update={"rate_limit": RateLimit(calls=calls, period_s=period_s)})
     kit.runtime.config = kit.runtime.config.model_copy(
-        update={"channels": {**kit.runtime.config.channels, "main": slow}}
-    )
-    kit.sandbox.state.create_contact("main", {"email": "ann@example.com"}, [])
-    (command_id,) = record(
-        kit, make_command("upsert", "main", ANN, fields={"lastName": "Lee"}, tags=["vip"])
-    )
-    # Two calls fit this window (the lookup and the update); the third waits 3 s: the pass
-    # is deferred with what it applied recorded, and resumes from there.
-    outcomes: list[str] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        outcomes.append(run_command(command_id, kit.runtime))
-        if outcomes[-1] == "done":
-            break
-        time.sleep(0.5)
-    assert outcomes[-1] == "done" and "deferred" in outcomes
-    assert [method for method, _ in calls(kit)] == ["GET", "PUT", "POST"]  # nothing twice
-    contact = kit.contact("email", "ann@example.com")
-    assert contact["custom_fields"]["lastName"] == "Lee" and contact["tags"] == ["vip"]
-
-
-def one_call_per(kit: SourceKit, period_s: float) -> None:
-    """The channel allows one call per ``period_s``: a lookup and a create cannot share a
-    window, and the create's start is further than a worker waits inline (2 s)."""
-    from worker.config import RateLimit
-
-    channel = kit.runtime.config.channels["main"]
-    slow = channel.model_copy(update={"rate_limit": RateLimit(calls=1, period_s=period_s)})
-    kit.runtime.config = kit.runtime.config.model_copy(
-        update={"channels": {**kit.runtime.config.channels, "main": slow}}
+        update={"channels": {**kit.runtime.config.channels, "main": limited}}
     )
 
 
@@ -222,10 +193,26 @@ def run_until_done(kit: SourceKit, command_id: int, within_s: float) -> list[str
     return outcomes
 
 
+def test_a_pass_stopped_by_a_far_start_resumes_where_it_stopped(kit: SourceKit) -> None:
+    limit_main(kit, calls=2, period_s=3.0)
+    kit.sandbox.state.create_contact("main", {"email": "ann@example.com"}, [])
+    (command_id,) = record(
+        kit, make_command("upsert", "main", ANN, fields={"lastName": "Lee"}, tags=["vip"])
+    )
+    # Two calls fit this window (the lookup and the update); the third waits 3 s: the pass
+    # is deferred with what it applied recorded, and resumes from there.
+    outcomes = run_until_done(kit, command_id, within_s=30)
+    assert outcomes[-1] == "done" and "deferred" in outcomes
+    assert [method for method, _ in calls(kit)] == ["GET", "PUT", "POST"]  # nothing twice
+    contact = kit.contact("email", "ann@example.com")
+    assert contact["custom_fields"]["lastName"] == "Lee" and contact["tags"] == ["vip"]
+
+
 def test_a_pass_deferred_after_finding_no_contact_creates_it_without_looking_again(
     kit: SourceKit,
 ) -> None:
-    one_call_per(kit, 3.0)
+    # One call per 3 s: a lookup and a create cannot share a window.
+    limit_main(kit, calls=1, period_s=3.0)
     (command_id,) = record(kit, upsert(lastName="Lee"))
     # The lookup finds nobody, the create's start is 3 s off: deferred. Resumed, the pass
     # creates at the start it held. Looking again instead would take that start, and the
@@ -237,7 +224,8 @@ def test_a_pass_deferred_after_finding_no_contact_creates_it_without_looking_aga
 
 
 def test_a_lookup_older_than_the_trust_is_made_again(kit: SourceKit) -> None:
-    one_call_per(kit, 3.0)
+    # One call per 3 s: a lookup and a create cannot share a window.
+    limit_main(kit, calls=1, period_s=3.0)
     worker = kit.runtime.config.worker.model_copy(update={"not_found_trust_s": 1.0})
     kit.runtime.config = kit.runtime.config.model_copy(update={"worker": worker})
     (command_id,) = record(kit, upsert(lastName="Lee"))
@@ -257,13 +245,7 @@ def test_under_a_backlog_a_pass_s_dependent_calls_get_starts_it_can_use(kit: Sou
     2 = 0.125 s). In one bunch, the create's and the tag's starts would be gone by the time
     the lookup is answered, and each would send the pass behind the others; spaced by the
     calls' time, the pass makes its three calls in one go."""
-    from worker.config import RateLimit
-
-    channel = kit.runtime.config.channels["main"]
-    tight = channel.model_copy(update={"rate_limit": RateLimit(calls=3, period_s=3.0)})
-    kit.runtime.config = kit.runtime.config.model_copy(
-        update={"channels": {**kit.runtime.config.channels, "main": tight}}
-    )
+    limit_main(kit, calls=3, period_s=3.0)
     kit.sandbox.state.set_faults(latency_ms=300)
     kit.runtime.call_times.note("main", 0.3)  # as this process saw earlier calls take
     limit = channel_limit(kit.runtime, "main")
